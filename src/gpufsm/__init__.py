@@ -1,0 +1,103 @@
+"""gpufsm: rented GPU instances driven through an explicit, persisted state machine.
+
+The public API is re-exported here; submodules whose names start with ``_`` are private.
+"""
+
+from gpufsm.adapters import (
+    InstanceTypeOffer,
+    LaunchRequest,
+    Observation,
+    ObservationKind,
+    ProviderAdapter,
+    ProviderInstance,
+)
+from gpufsm.clock import Clock, SystemClock
+from gpufsm.config import Settings
+from gpufsm.errors import (
+    AuthError,
+    CircuitOpen,
+    DefinitionError,
+    GpufsmError,
+    InstanceNotFound,
+    InsufficientCapacity,
+    InsufficientCredit,
+    InvalidRequest,
+    PermanentProviderError,
+    ProviderError,
+    ProviderNotFound,
+    ProviderTimeout,
+    ProviderUnavailable,
+    QuotaExceeded,
+    RateLimited,
+    StoreError,
+    TemporaryProviderError,
+    TransitionNotAllowed,
+    ValidationError,
+    VersionConflict,
+    WaitFailed,
+    WaitTimeout,
+)
+from gpufsm.fleet import Fleet
+from gpufsm.machines import (
+    TRANSITIONS,
+    Capabilities,
+    EdgeKind,
+    Event,
+    Guard,
+    GuardContext,
+    InstanceState,
+    Transition,
+)
+from gpufsm.specs import InstanceSpec
+from gpufsm.store import InstanceRecord, InstanceStore, SqlInstanceStore, TransitionRecord
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "TRANSITIONS",
+    "AuthError",
+    "Capabilities",
+    "CircuitOpen",
+    "Clock",
+    "DefinitionError",
+    "EdgeKind",
+    "Event",
+    "Fleet",
+    "GpufsmError",
+    "Guard",
+    "GuardContext",
+    "InstanceNotFound",
+    "InstanceRecord",
+    "InstanceSpec",
+    "InstanceState",
+    "InstanceStore",
+    "InstanceTypeOffer",
+    "InsufficientCapacity",
+    "InsufficientCredit",
+    "InvalidRequest",
+    "LaunchRequest",
+    "Observation",
+    "ObservationKind",
+    "PermanentProviderError",
+    "ProviderAdapter",
+    "ProviderError",
+    "ProviderInstance",
+    "ProviderNotFound",
+    "ProviderTimeout",
+    "ProviderUnavailable",
+    "QuotaExceeded",
+    "RateLimited",
+    "Settings",
+    "SqlInstanceStore",
+    "StoreError",
+    "SystemClock",
+    "TemporaryProviderError",
+    "Transition",
+    "TransitionNotAllowed",
+    "TransitionRecord",
+    "ValidationError",
+    "VersionConflict",
+    "WaitFailed",
+    "WaitTimeout",
+    "__version__",
+]

@@ -1,0 +1,345 @@
+"""The one HTTP seam every adapter uses: timeouts, rate limits, retries, a breaker, errors.
+
+Everything an adapter would otherwise get subtly wrong on its own lives here once:
+
+* an injected ``httpx.Client`` (tests pass a transport or point it at an emulator),
+  with a timeout on every call;
+* a token bucket per provider account, with per-operation buckets on top (Lambda allows
+  about 1 request/s, and launch only 1 per 12 s);
+* retries with jittered exponential backoff that honour ``Retry-After`` (tenacity), but
+  only when a retry cannot double an action: a non-idempotent call (launch) is retried
+  only after errors that prove the request was not processed (429, refused connection);
+* a circuit breaker per provider that opens after repeated failures and says so;
+* transport exceptions and HTTP errors translated to the gpufsm error tree in exactly
+  one place (``_translate``), with the provider's own mapper consulted first.
+
+The API key is sent as a bearer header only, never in a URL (httpx logs URLs), and no
+error message is built from request headers.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import logging
+import random
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+import tenacity
+from pydantic import SecretStr
+
+from gpufsm.clock import Clock, SystemClock
+from gpufsm.errors import (
+    AuthError,
+    CircuitOpen,
+    InvalidRequest,
+    ProviderError,
+    ProviderNotFound,
+    ProviderTimeout,
+    ProviderUnavailable,
+    RateLimited,
+    TemporaryProviderError,
+)
+
+__all__ = [
+    "CircuitBreaker",
+    "ErrorMapper",
+    "HttpSeam",
+    "RateLimit",
+    "RetryPolicy",
+    "TokenBucket",
+    "parse_retry_after",
+]
+
+log = logging.getLogger("gpufsm.http")
+
+#: Provider-specific error mapping: return an error, or None to fall back on the status.
+ErrorMapper = Callable[[httpx.Response, str], "ProviderError | None"]
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimit:
+    """``rate`` requests per second on average, ``burst`` at once."""
+
+    rate: float
+    burst: int = 1
+
+    def __post_init__(self) -> None:
+        if self.rate <= 0 or self.burst < 1:
+            raise ValueError("RateLimit needs rate > 0 and burst >= 1")
+
+
+class TokenBucket:
+    """A blocking token bucket on an injected clock (so fake-clock tests do not sleep)."""
+
+    def __init__(self, limit: RateLimit, clock: Clock) -> None:
+        self._limit = limit
+        self._clock = clock
+        self._tokens = float(limit.burst)
+        self._stamp = clock.monotonic()
+        self._lock = threading.Lock()
+
+    def acquire(self) -> float:
+        """Take one token, sleeping until one is free; return the seconds waited."""
+        waited = 0.0
+        while True:
+            with self._lock:
+                now = self._clock.monotonic()
+                self._tokens = min(
+                    float(self._limit.burst),
+                    self._tokens + (now - self._stamp) * self._limit.rate,
+                )
+                self._stamp = now
+                if self._tokens >= 1.0:
+                    self._tokens -= 1.0
+                    return waited
+                delay = (1.0 - self._tokens) / self._limit.rate
+            self._clock.sleep(delay)
+            waited += delay
+
+
+class CircuitBreaker:
+    """Closed → open after ``threshold`` failures in a row → half-open after ``reset_after``.
+
+    While open, calls fail at once with CircuitOpen instead of piling onto a provider that
+    is down; the reconciler reads that as UNKNOWN and changes nothing.
+    """
+
+    def __init__(self, provider: str, clock: Clock, *, threshold: int = 5,
+                 reset_after: float = 30.0) -> None:
+        self._provider = provider
+        self._clock = clock
+        self._threshold = threshold
+        self._reset_after = reset_after
+        self._failures = 0
+        self._opened_at: float | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def is_open(self) -> bool:
+        with self._lock:
+            return self._opened_at is not None and not self._half_open()
+
+    def _half_open(self) -> bool:
+        assert self._opened_at is not None
+        return self._clock.monotonic() - self._opened_at >= self._reset_after
+
+    def before_call(self) -> None:
+        with self._lock:
+            if self._opened_at is None or self._half_open():
+                return
+            left = self._reset_after - (self._clock.monotonic() - self._opened_at)
+        raise CircuitOpen(
+            f"circuit open after {self._threshold} failures in a row; "
+            f"calls refused for {left:.0f}s more",
+            provider=self._provider,
+        )
+
+    def record_success(self) -> None:
+        with self._lock:
+            self._failures = 0
+            self._opened_at = None
+
+    def record_failure(self) -> None:
+        with self._lock:
+            self._failures += 1
+            if self._failures >= self._threshold:
+                if self._opened_at is None:
+                    log.warning("%s: circuit opened after %d failures", self._provider,
+                                self._failures)
+                self._opened_at = self._clock.monotonic()
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """Backoff ``initial * 2**n`` with full jitter, capped; Retry-After wins if given."""
+
+    attempts: int = 5
+    initial: float = 0.5
+    max_backoff: float = 30.0
+    max_retry_after: float = 120.0
+
+
+def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
+    """Seconds from a Retry-After header (delta-seconds or an HTTP date), else None."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
+
+
+class _SafeToRetry:
+    """tenacity predicate: temporary, and (for non-idempotent calls) surely not applied."""
+
+    def __init__(self, idempotent: bool) -> None:
+        self._idempotent = idempotent
+
+    def __call__(self, exc: BaseException) -> bool:
+        if isinstance(exc, CircuitOpen) or not isinstance(exc, TemporaryProviderError):
+            return False
+        return self._idempotent or exc.not_sent or isinstance(exc, RateLimited)
+
+
+class HttpSeam:
+    """One provider account's HTTP client. Adapters call ``request`` and nothing else."""
+
+    def __init__(
+        self,
+        *,
+        provider: str,
+        base_url: str,
+        api_key: SecretStr | None,
+        error_mapper: ErrorMapper | None = None,
+        client: httpx.Client | None = None,
+        transport: httpx.BaseTransport | None = None,
+        timeout: float = 30.0,
+        rate_limits: Mapping[str, RateLimit] | None = None,
+        retry: RetryPolicy | None = None,
+        breaker: CircuitBreaker | None = None,
+        clock: Clock | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.provider = provider
+        self._clock = clock or SystemClock()
+        self._mapper = error_mapper
+        headers = {"Accept": "application/json", "User-Agent": "gpufsm/0.1"}
+        if api_key is not None:
+            headers["Authorization"] = f"Bearer {api_key.get_secret_value()}"
+        if client is None:
+            client = httpx.Client(base_url=base_url, transport=transport,
+                                  timeout=httpx.Timeout(timeout), headers=headers)
+        else:
+            client.base_url = httpx.URL(base_url)
+            client.headers.update(headers)
+            client.timeout = httpx.Timeout(timeout)
+        self._client = client
+        self._buckets = {op: TokenBucket(lim, self._clock)
+                         for op, lim in (rate_limits or {}).items()}
+        self._retry = retry or RetryPolicy()
+        self.breaker = breaker or CircuitBreaker(provider, self._clock)
+        self._rng = rng or random.Random()
+        self.calls = 0  # HTTP requests actually sent, retries included
+        self._count_lock = threading.Lock()
+
+    def __repr__(self) -> str:  # never show headers: they hold the key
+        return f"HttpSeam(provider={self.provider!r}, base_url={str(self._client.base_url)!r})"
+
+    def close(self) -> None:
+        self._client.close()
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        op: str,
+        idempotent: bool,
+        json: Any = None,
+        params: Mapping[str, Any] | None = None,
+    ) -> httpx.Response:
+        """Send one logical request (retried as policy allows); return a 2xx response.
+
+        ``op`` names the operation for per-operation rate limits and logs. Raises the
+        gpufsm error the response maps to once retries are spent.
+        """
+        retrying = tenacity.Retrying(
+            stop=tenacity.stop_after_attempt(self._retry.attempts),
+            wait=self._wait,
+            retry=tenacity.retry_if_exception(_SafeToRetry(idempotent)),
+            sleep=self._clock.sleep,
+            reraise=True,
+            before_sleep=lambda rs: log.info(
+                "%s %s: retry %d after %s", self.provider, op, rs.attempt_number,
+                type(rs.outcome.exception()).__name__ if rs.outcome else "?"),
+        )
+        return retrying(self._once, method, path, op, json, params)
+
+    def _wait(self, state: tenacity.RetryCallState) -> float:
+        exc = state.outcome.exception() if state.outcome else None
+        retry_after = getattr(exc, "retry_after", None)
+        if retry_after is not None:
+            return float(min(retry_after, self._retry.max_retry_after))
+        cap = min(self._retry.max_backoff, self._retry.initial * 2 ** (state.attempt_number - 1))
+        return self._rng.uniform(0, cap)
+
+    def _once(self, method: str, path: str, op: str, json: Any,
+              params: Mapping[str, Any] | None) -> httpx.Response:
+        self.breaker.before_call()
+        for key in ("default", op):
+            bucket = self._buckets.get(key)
+            if bucket is not None:
+                bucket.acquire()
+        with self._count_lock:
+            self.calls += 1
+        try:
+            response = self._client.request(method, path, json=json, params=params)
+        except httpx.HTTPError as exc:
+            error = self._translate_transport(exc, op)
+            self.breaker.record_failure()
+            raise error from exc
+        if response.is_success:
+            self.breaker.record_success()
+            return response
+        error = self._translate(response)
+        if isinstance(error, TemporaryProviderError) and not isinstance(error, RateLimited):
+            self.breaker.record_failure()
+        else:
+            self.breaker.record_success()  # the provider answered sensibly: it is up
+        raise error
+
+    def _translate_transport(self, exc: httpx.HTTPError, op: str) -> ProviderError:
+        if isinstance(exc, httpx.ConnectTimeout | httpx.ConnectError):
+            error = ProviderUnavailable(
+                f"{op}: cannot connect ({type(exc).__name__})", provider=self.provider)
+            error.not_sent = True
+            return error
+        if isinstance(exc, httpx.TimeoutException):
+            return ProviderTimeout(f"{op}: no answer in time ({type(exc).__name__})",
+                                   provider=self.provider)
+        return ProviderUnavailable(f"{op}: connection failed ({type(exc).__name__})",
+                                   provider=self.provider)
+
+    def _translate(self, response: httpx.Response) -> ProviderError:
+        """The one place an HTTP error becomes a gpufsm error."""
+        request_id = (response.headers.get("x-request-id")
+                      or response.headers.get("request-id"))
+        retry_after = parse_retry_after(response.headers.get("retry-after"))
+        error = self._mapper(response, self.provider) if self._mapper else None
+        if error is None:
+            error = _by_status(response, self.provider)
+        if error.request_id is None:
+            error.request_id = request_id
+        if error.status_code is None:
+            error.status_code = response.status_code
+        if isinstance(error, RateLimited) and error.retry_after is None:
+            error.retry_after = retry_after
+        return error
+
+
+def _by_status(response: httpx.Response, provider: str) -> ProviderError:
+    status = response.status_code
+    text = response.reason_phrase or f"HTTP {status}"
+    kw: dict[str, Any] = {"provider": provider, "status_code": status}
+    if status == 429:
+        return RateLimited(f"rate limited: {text}", **kw)
+    if status >= 500:
+        return ProviderUnavailable(f"server error: {text}", **kw)
+    if status in (401, 403):
+        return AuthError(f"not authorised: {text}", **kw)
+    if status == 404:
+        return ProviderNotFound(f"not found: {text}", **kw)
+    return InvalidRequest(f"rejected: {text}", **kw)

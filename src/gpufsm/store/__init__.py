@@ -1,0 +1,22 @@
+"""Persistence: instances and their append-only history, on SQLite or PostgreSQL.
+
+Imports the lifecycle's types and nothing above; adapters are a sibling it never sees.
+"""
+
+from gpufsm.store._migrate import current_revision, head_revision, upgrade
+from gpufsm.store._protocol import InstanceStore
+from gpufsm.store._records import MUTABLE_FIELDS, DriftRecord, InstanceRecord, TransitionRecord
+from gpufsm.store._sql import SqlInstanceStore, make_engine
+
+__all__ = [
+    "MUTABLE_FIELDS",
+    "DriftRecord",
+    "InstanceRecord",
+    "InstanceStore",
+    "SqlInstanceStore",
+    "TransitionRecord",
+    "current_revision",
+    "head_revision",
+    "make_engine",
+    "upgrade",
+]

@@ -1,0 +1,62 @@
+"""The persistence contract the engine and reconciler rely on."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime
+from typing import Any, Protocol, runtime_checkable
+
+from gpufsm.machines import EdgeKind, Event, InstanceState
+from gpufsm.store._records import DriftRecord, InstanceRecord, TransitionRecord
+
+__all__ = ["InstanceStore"]
+
+
+@runtime_checkable
+class InstanceStore(Protocol):
+    """Rows of instances and their history.
+
+    Every write checks the version the caller read (optimistic concurrency) and raises
+    VersionConflict when someone else moved the row first. A transition and its history
+    row are committed together or not at all.
+    """
+
+    def insert(self, record: InstanceRecord, *, actor: str, reason: str | None = None
+               ) -> InstanceRecord: ...
+
+    def transition(
+        self,
+        instance_id: str,
+        *,
+        expected_version: int,
+        from_state: InstanceState,
+        to_state: InstanceState,
+        event: Event,
+        kind: EdgeKind,
+        actor: str,
+        at: datetime,
+        reason: str | None = None,
+        raw_status: str | None = None,
+        changes: Mapping[str, Any] | None = None,
+    ) -> InstanceRecord: ...
+
+    def update(self, instance_id: str, *, expected_version: int, at: datetime,
+               changes: Mapping[str, Any]) -> InstanceRecord: ...
+
+    def record_drift(self, instance_id: str, *, state: InstanceState, event: Event,
+                     actor: str, at: datetime, raw_status: str | None = None,
+                     reason: str | None = None) -> DriftRecord: ...
+
+    def get(self, instance_id: str) -> InstanceRecord: ...
+
+    def find(self, provider: str, *, provider_instance_id: str | None = None,
+             tag: str | None = None) -> InstanceRecord | None: ...
+
+    def list(self, *, provider: str | None = None,
+             states: Iterable[InstanceState] | None = None) -> Sequence[InstanceRecord]: ...
+
+    def history(self, instance_id: str) -> Sequence[TransitionRecord]: ...
+
+    def drift(self, instance_id: str) -> Sequence[DriftRecord]: ...
+
+    def close(self) -> None: ...

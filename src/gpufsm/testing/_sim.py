@@ -1,0 +1,485 @@
+"""A simulated GPU cloud: a ProviderAdapter with no network, driven by a clock you control.
+
+It behaves like the real providers where that matters to gpufsm: instances boot after a
+(seeded, random) delay, stop and terminate take time, terminated instances linger in
+listings before they vanish, and every fault the real APIs show can be injected — a
+refused launch, a call that times out *after* doing its work, instances that die or are
+preempted, raw statuses no adapter knows, listings that fail or lie (come back empty).
+
+It is also the backing store of the HTTP emulators, which translate its phases into
+each provider's own status words. Public, so users can test their policies with it.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import random
+import threading
+from collections import Counter, deque
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from gpufsm.adapters import (
+    InstanceTypeOffer,
+    LaunchRequest,
+    ProviderInstance,
+    tag_from_name,
+)
+from gpufsm.clock import Clock
+from gpufsm.errors import (
+    InsufficientCapacity,
+    InsufficientCredit,
+    InvalidRequest,
+    ProviderError,
+    ProviderNotFound,
+    ProviderTimeout,
+    ProviderUnavailable,
+    QuotaExceeded,
+    RateLimited,
+    TemporaryProviderError,
+    ValidationError,
+)
+from gpufsm.machines import Capabilities, InstanceState
+from gpufsm.specs import InstanceSpec
+from gpufsm.testing._clock import FakeClock
+
+__all__ = ["SIM_STATUSES", "SimInstance", "SimTimings", "SimulatedCloud"]
+
+#: The simulated provider's raw status words and what they mean to gpufsm.
+SIM_STATUSES: dict[str, InstanceState] = {
+    "provisioning": InstanceState.CREATED,
+    "booting": InstanceState.STARTING,
+    "rebooting": InstanceState.STARTING,
+    "running": InstanceState.RUNNING,
+    "stopping": InstanceState.STOPPING,
+    "stopped": InstanceState.STOPPED,
+    "unhealthy": InstanceState.FAILED,
+    "preempted": InstanceState.FAILED,
+    "terminating": InstanceState.TERMINATING,
+    "terminated": InstanceState.TERMINATED,
+}
+
+_FAULT_ERRORS: dict[str, type[ProviderError]] = {
+    "capacity": InsufficientCapacity,
+    "credit": InsufficientCredit,
+    "quota": QuotaExceeded,
+    "invalid": InvalidRequest,
+    "rate_limit": RateLimited,
+    "unavailable": ProviderUnavailable,
+    "timeout": ProviderTimeout,
+}
+
+_DEFAULT_TYPES = (
+    InstanceTypeOffer("sim", "gpu_1x_a10", 0.75, ("us-east-1", "us-west-1"), 1, "A10 (24 GB)"),
+    InstanceTypeOffer("sim", "gpu_1x_h100", 2.49, ("us-east-1",), 1, "H100 (80 GB)"),
+    InstanceTypeOffer("sim", "gpu_8x_h100", 23.92, (), 8, "8x H100 (80 GB)"),
+)
+
+
+@dataclass
+class SimInstance:
+    """The simulator's own record of one instance. ``phase`` is its raw status."""
+
+    id: str
+    name: str
+    tag: str | None
+    instance_type: str
+    region: str
+    price_per_hour: float
+    ip: str
+    created_at: float
+    phase: str = "provisioning"
+    raw_override: str | None = None  # a status word to report instead of ``phase``
+    epoch: int = 0  # bumped on every plan change so stale scheduled steps are ignored
+    removed: bool = False  # vanished from the provider entirely
+    meta: dict[str, Any] = field(default_factory=dict)  # dialect extras (image, ports, …)
+
+    @property
+    def raw_status(self) -> str:
+        return self.raw_override or self.phase
+
+
+@dataclass
+class _Fault:
+    error: str  # key of _FAULT_ERRORS
+    after_work: bool  # do the work, then raise (the dangerous kind of timeout)
+    remaining: int
+
+
+@dataclass
+class SimTimings:
+    """Delay ranges in seconds; each delay is drawn from the seeded generator."""
+
+    provision: tuple[float, float] = (1.0, 5.0)
+    boot: tuple[float, float] = (20.0, 60.0)
+    stop: tuple[float, float] = (5.0, 15.0)
+    start: tuple[float, float] = (10.0, 30.0)
+    restart: tuple[float, float] = (10.0, 30.0)
+    terminate: tuple[float, float] = (3.0, 10.0)
+    linger: tuple[float, float] = (30.0, 60.0)  # listed as terminated before vanishing
+
+
+class SimulatedCloud:
+    """An in-memory provider implementing ProviderAdapter; thread-safe.
+
+    All randomness comes from ``seed`` and all time from ``clock``, so a failing test
+    replays exactly. ``calls`` counts every adapter call by operation.
+    """
+
+    def __init__(
+        self,
+        name: str = "sim",
+        *,
+        clock: Clock | None = None,
+        seed: int = 0,
+        capabilities: Capabilities = Capabilities(stop=True, restart=True, tags=True),  # noqa: B008
+        instance_types: Iterable[InstanceTypeOffer] = _DEFAULT_TYPES,
+        timings: SimTimings | None = None,
+        on_call: Callable[[str], None] | None = None,
+        id_prefix: str | None = None,
+    ) -> None:
+        self._name = name
+        self._id_prefix = f"{name}-" if id_prefix is None else id_prefix
+        self.clock: Clock = clock or FakeClock()
+        self._rng = random.Random(seed)
+        self._caps = capabilities
+        self._types = {t.name: t for t in instance_types}
+        self.timings = timings or SimTimings()
+        self._on_call = on_call
+        self._lock = threading.RLock()
+        self._instances: dict[str, SimInstance] = {}
+        self._heap: list[tuple[float, int, str, int, str]] = []
+        self._seq = itertools.count()
+        self._ids = itertools.count(1)
+        self._faults: dict[str, deque[_Fault]] = {}
+        self._outage_mode: str | None = None
+        self._outage_left = 0
+        self.credit_ok = True
+        self.calls: Counter[str] = Counter()
+
+    # ---- ProviderAdapter --------------------------------------------------------------
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return self._caps
+
+    def validate(self, spec: InstanceSpec) -> None:
+        if spec.instance_type not in self._types:
+            known = ", ".join(sorted(self._types))
+            raise ValidationError(
+                "instance_type", f"unknown type {spec.instance_type!r}; known: {known}"
+            )
+        offer = self._types[spec.instance_type]
+        if spec.region is not None and offer.regions and spec.region not in offer.regions:
+            raise ValidationError(
+                "region", f"{spec.instance_type} is offered in {', '.join(offer.regions)}"
+            )
+
+    def launch(self, request: LaunchRequest) -> str:
+        return self.create_instance(
+            instance_type=request.spec.instance_type,
+            region=request.spec.region,
+            name=request.display_name,
+            tag=request.tag,
+        )
+
+    def create_instance(
+        self,
+        *,
+        instance_type: str,
+        region: str | None = None,
+        name: str,
+        tag: str | None = None,
+        meta: dict[str, Any] | None = None,
+    ) -> str:
+        """Create an instance as a provider would; the emulators' launch calls this.
+
+        Faults queued for ``launch`` apply, as do the credit and capacity rules.
+        """
+        with self._lock:
+            self._call("launch")
+            after = self._fault("launch")
+            if not self.credit_ok:
+                raise InsufficientCredit("your account lacks credit", provider=self._name)
+            offer = self._types.get(instance_type)
+            if offer is None:
+                raise InvalidRequest(f"unknown instance type {instance_type}",
+                                     provider=self._name)
+            region = region or (offer.regions[0] if offer.regions else "")
+            if region not in offer.regions:
+                raise InsufficientCapacity(
+                    f"no capacity for {offer.name} in {region or 'any region'}",
+                    provider=self._name,
+                )
+            n = next(self._ids)
+            inst = SimInstance(
+                id=f"{self._id_prefix}{n:06d}",
+                name=name,
+                tag=tag,
+                instance_type=offer.name,
+                region=region,
+                price_per_hour=offer.price_per_hour,
+                ip=f"10.{(n >> 16) & 255}.{(n >> 8) & 255}.{n & 255}",
+                created_at=self.clock.monotonic(),
+                meta=dict(meta or {}),
+            )
+            self._instances[inst.id] = inst
+            self._plan(inst, ("booting", self.timings.provision), ("running", self.timings.boot))
+            self._raise_after(after)
+            return inst.id
+
+    def rename(self, provider_instance_id: str, name: str) -> None:
+        """Change an instance's name (Lambda rename, Vast label)."""
+        with self._lock:
+            self._call("rename")
+            self._live(provider_instance_id).name = name
+
+    def get(self, provider_instance_id: str) -> ProviderInstance | None:
+        with self._lock:
+            self._call("get")
+            self._raise_after(self._fault("get"))
+            inst = self._instances.get(provider_instance_id)
+            if inst is None or inst.removed:
+                return None
+            return self._view(inst)
+
+    def list_instances(self) -> Sequence[ProviderInstance]:
+        with self._lock:
+            self._call("list")
+            self._raise_after(self._fault("list"))
+            if self._outage_left > 0:
+                self._outage_left -= 1
+                if self._outage_mode == "empty":
+                    return []  # the lie: a real outage that looks like "nothing is running"
+                raise ProviderUnavailable("listing failed (simulated outage)", provider=self._name)
+            return [self._view(i) for i in self._instances.values() if not i.removed]
+
+    def start(self, provider_instance_id: str) -> None:
+        self._command("start", provider_instance_id, {"stopped"},
+                      ("booting", (0.5, 1.0)), ("running", self.timings.start))
+
+    def stop(self, provider_instance_id: str) -> None:
+        self._command("stop", provider_instance_id, {"booting", "running"},
+                      ("stopping", (0.1, 0.5)), ("stopped", self.timings.stop))
+
+    def restart(self, provider_instance_id: str) -> None:
+        self._command("restart", provider_instance_id, {"running", "unhealthy"},
+                      ("rebooting", (0.1, 0.5)), ("running", self.timings.restart))
+
+    def terminate(self, provider_instance_id: str) -> None:
+        with self._lock:
+            self._call("terminate")
+            after = self._fault("terminate")
+            inst = self._instances.get(provider_instance_id)
+            if inst is not None and not inst.removed and inst.phase not in (
+                "terminating", "terminated"
+            ):
+                inst.raw_override = None
+                self._plan(inst, ("terminating", (0.0, 0.0)),
+                           ("terminated", self.timings.terminate), ("", self.timings.linger))
+            self._raise_after(after)
+
+    def instance_types(self) -> Sequence[InstanceTypeOffer]:
+        with self._lock:
+            self._call("instance_types")
+            self._raise_after(self._fault("instance_types"))
+            return list(self._types.values())
+
+    # ---- fault injection ----------------------------------------------------------------
+
+    def fail_next(self, op: str, error: str, *, times: int = 1, after_work: bool = False) -> None:
+        """Make the next ``times`` calls of ``op`` fail with ``error``.
+
+        ``error`` is one of capacity, credit, quota, invalid, rate_limit, unavailable,
+        timeout. With ``after_work`` the call does its work first — a launch that creates
+        the machine and then times out is the case that leaks money if handled naively.
+        """
+        if error not in _FAULT_ERRORS:
+            raise ValueError(f"unknown fault {error!r}; one of {sorted(_FAULT_ERRORS)}")
+        if after_work and not issubclass(_FAULT_ERRORS[error], TemporaryProviderError):
+            raise ValueError(
+                f"{error} is a permanent error, which promises the provider did nothing; "
+                "after_work=True is only meaningful for temporary errors")
+        if op not in {"launch", "get", "list", "start", "stop", "restart", "terminate",
+                      "instance_types", "rename"}:
+            raise ValueError(f"unknown operation {op!r}")
+        with self._lock:
+            self._faults.setdefault(op, deque()).append(_Fault(error, after_work, times))
+
+    def clear_faults(self) -> None:
+        """Drop every queued fault and end any outage (e.g. before a final clean-up)."""
+        with self._lock:
+            self._faults.clear()
+            self._outage_left = 0
+
+    def outage(self, listings: int, *, mode: str = "error") -> None:
+        """The next ``listings`` list calls fail (``error``) or return nothing (``empty``)."""
+        if mode not in ("error", "empty"):
+            raise ValueError("mode is 'error' or 'empty'")
+        with self._lock:
+            self._outage_mode, self._outage_left = mode, listings
+
+    def kill(self, provider_instance_id: str, *, raw_status: str = "unhealthy") -> None:
+        """The instance dies where it stands (it still bills until terminated)."""
+        with self._lock:
+            inst = self._live(provider_instance_id)
+            self._replan(inst, raw_status)
+
+    def preempt(self, provider_instance_id: str) -> None:
+        """The provider takes a spot instance back: reported preempted, then gone."""
+        with self._lock:
+            inst = self._live(provider_instance_id)
+            self._plan(inst, ("preempted", (0.0, 0.0)), ("", self.timings.linger))
+
+    def vanish(self, provider_instance_id: str) -> None:
+        """The instance disappears without a trace (deleted in the console, say)."""
+        with self._lock:
+            self._live(provider_instance_id).removed = True
+
+    def set_raw_status(self, provider_instance_id: str, raw_status: str | None) -> None:
+        """Report ``raw_status`` verbatim (e.g. a word no adapter knows); None clears it."""
+        with self._lock:
+            self._live(provider_instance_id).raw_override = raw_status
+
+    def spawn_untracked(self, tag: str | None, *, instance_type: str = "gpu_1x_a10") -> str:
+        """An instance that exists on the provider with no row of ours (a crash leftover)."""
+        with self._lock:
+            calls = self.calls.copy()
+            pid = self.create_instance(instance_type=instance_type, name=tag or "not-ours",
+                                       tag=tag)
+            self.calls = calls
+            return pid
+
+    # ---- inspection ------------------------------------------------------------------
+
+    def instance(self, provider_instance_id: str) -> SimInstance:
+        with self._lock:
+            self._settle()
+            return self._instances[provider_instance_id]
+
+    def live_instances(self, *, ours_only: bool = True) -> list[SimInstance]:
+        """Instances that exist and are not terminated: what would still bill."""
+        with self._lock:
+            self._settle()
+            return [
+                i for i in self._instances.values()
+                if not i.removed and i.phase != "terminated" and (i.tag or not ours_only)
+            ]
+
+    def settle(self, seconds: float = 3600.0) -> None:
+        """Let time pass (on a FakeClock) so every scheduled step happens."""
+        if isinstance(self.clock, FakeClock):
+            self.clock.advance(seconds)
+        with self._lock:
+            self._settle()
+
+    # ---- internals ---------------------------------------------------------------------
+
+    def _call(self, op: str) -> None:
+        self.calls[op] += 1
+        if self._on_call is not None:
+            self._on_call(op)
+        self._settle()
+
+    def _fault(self, op: str) -> _Fault | None:
+        """Pop the next fault for ``op``; raise now unless it is an after-work fault."""
+        queue = self._faults.get(op)
+        if not queue:
+            return None
+        fault = queue[0]
+        fault.remaining -= 1
+        if fault.remaining <= 0:
+            queue.popleft()
+        if not fault.after_work:
+            self._raise(fault)
+        return fault
+
+    def _raise_after(self, fault: _Fault | None) -> None:
+        if fault is not None and fault.after_work:
+            self._raise(fault)
+
+    def _raise(self, fault: _Fault) -> None:
+        cls = _FAULT_ERRORS[fault.error]
+        raise cls(f"injected {fault.error} fault", provider=self._name)
+
+    def _live(self, provider_instance_id: str) -> SimInstance:
+        self._settle()
+        inst = self._instances.get(provider_instance_id)
+        if inst is None or inst.removed:
+            raise KeyError(provider_instance_id)
+        return inst
+
+    def _command(
+        self, op: str, pid: str, allowed: set[str], *steps: tuple[str, tuple[float, float]]
+    ) -> None:
+        with self._lock:
+            self._call(op)
+            after = self._fault(op)
+            inst = self._instances.get(pid)
+            if inst is None or inst.removed:
+                raise ProviderNotFound(f"no instance {pid}", provider=self._name)
+            if inst.phase not in allowed:
+                raise InvalidRequest(f"cannot {op} an instance that is {inst.phase}",
+                                     provider=self._name)
+            inst.raw_override = None
+            self._plan(inst, *steps)
+            self._raise_after(after)
+
+    def _replan(self, inst: SimInstance, phase: str) -> None:
+        inst.epoch += 1
+        inst.phase = phase
+
+    def _plan(self, inst: SimInstance, *steps: tuple[str, tuple[float, float]]) -> None:
+        """Replace the instance's future with ``steps``: (phase, delay range) in order.
+
+        The phase "" means the instance vanishes from listings.
+        """
+        inst.epoch += 1
+        at = self.clock.monotonic()
+        for phase, (low, high) in steps:
+            delay = low if high <= low else self._rng.uniform(low, high)
+            at += delay
+            if delay <= 0 and at <= self.clock.monotonic():
+                self._apply(inst, phase)
+            else:
+                heapq.heappush(self._heap, (at, next(self._seq), inst.id, inst.epoch, phase))
+
+    def _apply(self, inst: SimInstance, phase: str) -> None:
+        if phase:
+            inst.phase = phase
+        else:
+            inst.removed = True
+
+    def _settle(self) -> None:
+        now = self.clock.monotonic()
+        heap = self._heap
+        while heap and heap[0][0] <= now:
+            _, _, pid, epoch, phase = heapq.heappop(heap)
+            inst = self._instances.get(pid)
+            if inst is not None and inst.epoch == epoch and not inst.removed:
+                self._apply(inst, phase)
+
+    def _view(self, inst: SimInstance) -> ProviderInstance:
+        raw = inst.raw_status
+        state = SIM_STATUSES.get(raw)
+        running = inst.phase in ("running", "rebooting", "stopping")
+        return ProviderInstance(
+            provider_instance_id=inst.id,
+            raw_status=raw,
+            state=state,
+            tag=inst.tag if inst.tag and inst.tag.startswith("gpufsm-") else tag_from_name(
+                inst.name),
+            name=inst.name,
+            ip=inst.ip if running else None,
+            region=inst.region,
+            instance_type=inst.instance_type,
+            price_per_hour=inst.price_per_hour,
+            ssh_port=22 if running else None,
+        )
+

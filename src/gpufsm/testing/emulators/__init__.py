@@ -1,0 +1,44 @@
+"""Loopback HTTP emulators of each provider's API, backed by a SimulatedCloud."""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from gpufsm.testing.emulators._server import (
+    Dialect,
+    EmulatorRequest,
+    EmulatorResponse,
+    EmulatorServer,
+    HttpFault,
+)
+
+__all__ = [
+    "DIALECTS",
+    "Dialect",
+    "EmulatorRequest",
+    "EmulatorResponse",
+    "EmulatorServer",
+    "HttpFault",
+    "make_dialect",
+]
+
+#: provider name → "module:Class"; each class is built as ``Class(cloud)``.
+DIALECTS: dict[str, str] = {
+    "lambda": "gpufsm.testing.emulators.lambda_cloud:LambdaDialect",
+    "novita": "gpufsm.testing.emulators.novita:NovitaDialect",
+    "runpod": "gpufsm.testing.emulators.runpod:RunPodDialect",
+    "vastai": "gpufsm.testing.emulators.vastai:VastDialect",
+}
+
+
+def make_dialect(name: str, cloud: Any) -> Dialect:
+    """The dialect for provider ``name`` over ``cloud`` (a SimulatedCloud)."""
+    try:
+        target = DIALECTS[name]
+    except KeyError:
+        known = ", ".join(sorted(DIALECTS))
+        raise ValueError(f"unknown dialect {name!r}; known: {known}") from None
+    module, _, cls = target.partition(":")
+    dialect: Dialect = getattr(importlib.import_module(module), cls)(cloud)
+    return dialect

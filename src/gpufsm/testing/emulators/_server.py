@@ -1,0 +1,257 @@
+"""A real HTTP server on loopback that speaks one provider's dialect over a SimulatedCloud.
+
+The server owns what every dialect shares: the socket and threads, bearer-key checks,
+a request log with counts, and network-level faults switchable at run time (429 with or
+without Retry-After, 5xx, slow answers, dropped connections). A ``Dialect`` turns a
+request into a response in its provider's exact shapes; it never sees the faults.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import urllib.parse
+from collections import Counter, deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Protocol
+
+__all__ = [
+    "Dialect",
+    "EmulatorRequest",
+    "EmulatorResponse",
+    "EmulatorServer",
+    "HttpFault",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class EmulatorRequest:
+    method: str
+    path: str  # without the query string
+    query: dict[str, list[str]]
+    headers: dict[str, str]  # lower-cased names
+    body: bytes
+
+    def json(self) -> Any:
+        """The JSON body, or None when there is none (dialects answer the 400 themselves)."""
+        if not self.body:
+            return None
+        return json.loads(self.body)
+
+    def param(self, name: str, default: str | None = None) -> str | None:
+        values = self.query.get(name)
+        return values[0] if values else default
+
+
+@dataclass(slots=True)
+class EmulatorResponse:
+    status: int
+    body: Any = None  # JSON-able, str (sent as text/plain), bytes, or None (empty)
+    headers: dict[str, str] = field(default_factory=dict)
+    content_type: str = "application/json"
+
+
+class Dialect(Protocol):
+    """One provider's API over the simulated cloud."""
+
+    name: str
+
+    def handle(self, request: EmulatorRequest) -> EmulatorResponse: ...
+
+    def unauthorized(self) -> EmulatorResponse:
+        """The provider's 401 body."""
+        ...
+
+    def rate_limited(self) -> EmulatorResponse:
+        """The provider's 429 body (headers are added by the fault)."""
+        ...
+
+    def server_error(self) -> EmulatorResponse:
+        """The provider's 5xx body."""
+        ...
+
+
+@dataclass(slots=True)
+class HttpFault:
+    """A fault for the next ``times`` matching requests.
+
+    kind: ``429`` (``retry_after`` None = no header), ``5xx`` (``status``), ``slow``
+    (sleep ``delay`` seconds, then answer normally), ``drop`` (close the connection
+    without answering, after doing the work when ``after_work``).
+    """
+
+    kind: str
+    times: int = 1
+    method: str | None = None
+    path_contains: str | None = None
+    retry_after: float | None = None
+    status: int = 503
+    delay: float = 0.0
+    after_work: bool = False
+
+    def matches(self, request: EmulatorRequest) -> bool:
+        return (self.method is None or self.method == request.method) and (
+            self.path_contains is None or self.path_contains in request.path
+        )
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _Server
+    protocol_version = "HTTP/1.1"
+    # Headers and body go out in two writes; with Nagle on, each keep-alive answer waits
+    # ~40 ms for a delayed ACK. Off, an emulator test suite runs twice as fast.
+    disable_nagle_algorithm = True
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass  # the emulator keeps its own log; stderr noise hides test output
+
+    def _serve(self) -> None:
+        emulator = self.server.emulator
+        parsed = urllib.parse.urlsplit(self.path)
+        length = int(self.headers.get("Content-Length") or 0)
+        request = EmulatorRequest(
+            method=self.command,
+            path=parsed.path,
+            query=urllib.parse.parse_qs(parsed.query),
+            headers={k.lower(): v for k, v in self.headers.items()},
+            body=self.rfile.read(length) if length else b"",
+        )
+        response = emulator.dispatch(request)
+        if response is None:  # drop: no answer at all
+            self.close_connection = True
+            self.connection.shutdown(2)
+            return
+        payload: bytes
+        content_type = response.content_type
+        if response.body is None:
+            payload = b""
+        elif isinstance(response.body, bytes):
+            payload = response.body
+        elif isinstance(response.body, str):
+            payload, content_type = response.body.encode(), "text/plain"
+        else:
+            payload = json.dumps(response.body).encode()
+        self.send_response(response.status)
+        for name, value in response.headers.items():
+            self.send_header(name, value)
+        if payload or response.status != 204:
+            self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        if payload:
+            self.wfile.write(payload)
+
+    do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = _serve  # noqa: N815
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    emulator: EmulatorServer
+
+
+class EmulatorServer:
+    """Serve ``dialect`` on 127.0.0.1 (a free port unless given) in a background thread.
+
+    Use as a context manager. ``faults`` may be pushed at any time with ``inject``;
+    ``counts`` tallies answered requests by ``"METHOD /path"`` for call-count assertions.
+    """
+
+    def __init__(self, dialect: Dialect, *, api_key: str | None = None,
+                 host: str = "127.0.0.1", port: int = 0) -> None:
+        self.dialect = dialect
+        self._api_key = api_key
+        self._faults: deque[HttpFault] = deque()
+        self._lock = threading.Lock()
+        self.counts: Counter[str] = Counter()
+        self.log: deque[tuple[str, str, int]] = deque(maxlen=10_000)
+        self.hooks: list[Callable[[EmulatorRequest, EmulatorResponse], None]] = []
+        self._httpd = _Server((host, port), _Handler)
+        self._httpd.emulator = self
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        host, port = self._httpd.server_address[:2]
+        return f"http://{host!s}:{port}"
+
+    def start(self) -> EmulatorServer:
+        if self._thread is None:
+            # a short poll so stop() returns in ~50 ms instead of the default 0.5 s
+            self._thread = threading.Thread(target=self._httpd.serve_forever,
+                                            kwargs={"poll_interval": 0.05},
+                                            name=f"emulator-{self.dialect.name}", daemon=True)
+            self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._thread is not None:
+            self._httpd.shutdown()
+            self._thread.join(timeout=5)
+            self._thread = None
+        self._httpd.server_close()
+
+    def __enter__(self) -> EmulatorServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def inject(self, fault: HttpFault) -> None:
+        with self._lock:
+            self._faults.append(fault)
+
+    def clear_faults(self) -> None:
+        with self._lock:
+            self._faults.clear()
+
+    def _take_fault(self, request: EmulatorRequest) -> HttpFault | None:
+        with self._lock:
+            for fault in self._faults:
+                if fault.matches(request):
+                    fault.times -= 1
+                    if fault.times <= 0:
+                        self._faults.remove(fault)
+                    return fault
+        return None
+
+    def dispatch(self, request: EmulatorRequest) -> EmulatorResponse | None:
+        """Auth, faults, then the dialect. None means: drop the connection."""
+        key = f"{request.method} {request.path}"
+        if self._api_key is not None and request.headers.get("authorization") != (
+            f"Bearer {self._api_key}"
+        ):
+            return self._record(key, self.dialect.unauthorized(), request)
+        fault = self._take_fault(request)
+        if fault is not None:
+            if fault.kind == "429":
+                response = self.dialect.rate_limited()
+                if fault.retry_after is not None:
+                    response.headers["Retry-After"] = f"{fault.retry_after:g}"
+                return self._record(key, response, request)
+            if fault.kind == "5xx":
+                response = self.dialect.server_error()
+                response.status = fault.status
+                return self._record(key, response, request)
+            if fault.kind == "slow":
+                time.sleep(fault.delay)
+            elif fault.kind == "drop":
+                if fault.after_work:
+                    self.dialect.handle(request)
+                with self._lock:
+                    self.counts[key] += 1
+                    self.log.append((request.method, request.path, 0))
+                return None
+        return self._record(key, self.dialect.handle(request), request)
+
+    def _record(self, key: str, response: EmulatorResponse,
+                request: EmulatorRequest) -> EmulatorResponse:
+        with self._lock:
+            self.counts[key] += 1
+            self.log.append((request.method, request.path, response.status))
+        for hook in self.hooks:
+            hook(request, response)
+        return response
