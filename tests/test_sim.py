@@ -480,9 +480,6 @@ class TestFaults:
         assert sim.get(other).tag is None
         assert sim.calls == Counter({"get": 2})
 
-    @pytest.mark.xfail(strict=True, reason="spawn_untracked goes through create_instance, "
-                       "so it consumes (and raises) a launch fault queued for the code under "
-                       "test, and fires on_call('launch')")
     def test_spawn_untracked_leaves_launch_faults_alone(self, fclock):
         seen: list[str] = []
         sim = SimulatedCloud(clock=fclock, on_call=seen.append)
@@ -492,8 +489,6 @@ class TestFaults:
         with pytest.raises(InsufficientCapacity):
             sim.launch(request())
 
-    @pytest.mark.xfail(strict=True, reason="fail_next accepts op 'rename' but rename() never "
-                       "consults the fault queue, so the fault silently never fires")
     def test_rename_fault_fires(self, sim):
         pid = running(sim)
         sim.fail_next("rename", "timeout")
@@ -563,10 +558,6 @@ class TestAccounting:
         sim.vanish(ours)
         assert {i.id for i in sim.live_instances()} == {dying, orphan}
 
-    @pytest.mark.xfail(strict=True, reason="live_instances(ours_only=True) tests `i.tag` "
-                       "for truthiness, while ProviderInstance.tag says an instance is ours "
-                       "by the gpufsm- prefix or by the name: an instance created with only a "
-                       "tagged name is left out of the leak check, a foreign tag is counted")
     def test_live_instances_ours_matches_the_ownership_view(self, sim):
         named = sim.create_instance(instance_type="gpu_1x_a10", name="gpufsm-tok9/job")
         foreign = sim.create_instance(instance_type="gpu_1x_a10", name="web", tag="team-b")

@@ -160,16 +160,21 @@ class ProviderError(GpufsmError):
         status_code: int | None = None,
         request_id: str | None = None,
     ) -> None:
+        self.message = message
         self.provider = provider
         self.code = code
         self.status_code = status_code
         self.request_id = request_id
-        parts = [f"{provider}: {message}"]
-        if code:
-            parts.append(f"[{code}]")
-        if request_id:
-            parts.append(f"(request {request_id})")
-        super().__init__(" ".join(parts))
+        super().__init__(message)
+
+    def __str__(self) -> str:
+        # Built on demand: the HTTP seam learns the request id after the error is made.
+        parts = [f"{self.provider}: {self.message}"]
+        if self.code:
+            parts.append(f"[{self.code}]")
+        if self.request_id:
+            parts.append(f"(request {self.request_id})")
+        return " ".join(parts)
 
 
 class TemporaryProviderError(ProviderError):

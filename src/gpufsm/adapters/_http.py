@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import email.utils
 import logging
+import math
 import random
 import threading
 from collections.abc import Callable, Mapping
@@ -170,9 +171,11 @@ def parse_retry_after(value: str | None, now: datetime | None = None) -> float |
         return None
     value = value.strip()
     try:
-        return max(0.0, float(value))
+        seconds = float(value)
     except ValueError:
         pass
+    else:  # lenient about "1.5", but nan or inf would mean "retry at once" or "never"
+        return max(0.0, seconds) if math.isfinite(seconds) else None
     try:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError):
@@ -317,7 +320,8 @@ class HttpSeam:
         """The one place an HTTP error becomes a gpufsm error."""
         request_id = (response.headers.get("x-request-id")
                       or response.headers.get("request-id"))
-        retry_after = parse_retry_after(response.headers.get("retry-after"))
+        retry_after = parse_retry_after(response.headers.get("retry-after"),
+                                        now=self._clock.now())
         error = self._mapper(response, self.provider) if self._mapper else None
         if error is None:
             error = _by_status(response, self.provider)
@@ -325,7 +329,8 @@ class HttpSeam:
             error.request_id = request_id
         if error.status_code is None:
             error.status_code = response.status_code
-        if isinstance(error, RateLimited) and error.retry_after is None:
+        # RFC 9110 allows Retry-After on 503 too: any temporary error may carry it.
+        if isinstance(error, TemporaryProviderError) and error.retry_after is None:
             error.retry_after = retry_after
         return error
 

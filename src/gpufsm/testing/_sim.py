@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gpufsm.adapters import (
+    TAG_PREFIX,
     InstanceTypeOffer,
     LaunchRequest,
     ProviderInstance,
@@ -121,6 +122,13 @@ class SimTimings:
     linger: tuple[float, float] = (30.0, 60.0)  # listed as terminated before vanishing
 
 
+def _our_tag(inst: SimInstance) -> str | None:
+    """The one ownership rule: our prefix on the tag, else a tagged name."""
+    if inst.tag and inst.tag.startswith(TAG_PREFIX):
+        return inst.tag
+    return tag_from_name(inst.name)
+
+
 class SimulatedCloud:
     """An in-memory provider implementing ProviderAdapter; thread-safe.
 
@@ -207,38 +215,46 @@ class SimulatedCloud:
             after = self._fault("launch")
             if not self.credit_ok:
                 raise InsufficientCredit("your account lacks credit", provider=self._name)
-            offer = self._types.get(instance_type)
-            if offer is None:
-                raise InvalidRequest(f"unknown instance type {instance_type}",
-                                     provider=self._name)
-            region = region or (offer.regions[0] if offer.regions else "")
-            if region not in offer.regions:
-                raise InsufficientCapacity(
-                    f"no capacity for {offer.name} in {region or 'any region'}",
-                    provider=self._name,
-                )
-            n = next(self._ids)
-            inst = SimInstance(
-                id=f"{self._id_prefix}{n:06d}",
-                name=name,
-                tag=tag,
-                instance_type=offer.name,
-                region=region,
-                price_per_hour=offer.price_per_hour,
-                ip=f"10.{(n >> 16) & 255}.{(n >> 8) & 255}.{n & 255}",
-                created_at=self.clock.monotonic(),
-                meta=dict(meta or {}),
-            )
-            self._instances[inst.id] = inst
-            self._plan(inst, ("booting", self.timings.provision), ("running", self.timings.boot))
+            pid = self._create(instance_type=instance_type, region=region, name=name, tag=tag,
+                               meta=meta)
             self._raise_after(after)
-            return inst.id
+            return pid
+
+    def _create(self, *, instance_type: str, region: str | None, name: str, tag: str | None,
+                meta: dict[str, Any] | None) -> str:
+        """Create without counting a call or consuming faults (see spawn_untracked)."""
+        offer = self._types.get(instance_type)
+        if offer is None:
+            raise InvalidRequest(f"unknown instance type {instance_type}", provider=self._name)
+        region = region or (offer.regions[0] if offer.regions else "")
+        if region not in offer.regions:
+            raise InsufficientCapacity(
+                f"no capacity for {offer.name} in {region or 'any region'}",
+                provider=self._name,
+            )
+        n = next(self._ids)
+        inst = SimInstance(
+            id=f"{self._id_prefix}{n:06d}",
+            name=name,
+            tag=tag,
+            instance_type=offer.name,
+            region=region,
+            price_per_hour=offer.price_per_hour,
+            ip=f"10.{(n >> 16) & 255}.{(n >> 8) & 255}.{n & 255}",
+            created_at=self.clock.monotonic(),
+            meta=dict(meta or {}),
+        )
+        self._instances[inst.id] = inst
+        self._plan(inst, ("booting", self.timings.provision), ("running", self.timings.boot))
+        return inst.id
 
     def rename(self, provider_instance_id: str, name: str) -> None:
         """Change an instance's name (Lambda rename, Vast label)."""
         with self._lock:
             self._call("rename")
+            after = self._fault("rename")
             self._live(provider_instance_id).name = name
+            self._raise_after(after)
 
     def get(self, provider_instance_id: str) -> ProviderInstance | None:
         with self._lock:
@@ -261,7 +277,8 @@ class SimulatedCloud:
             return [self._view(i) for i in self._instances.values() if not i.removed]
 
     def start(self, provider_instance_id: str) -> None:
-        self._command("start", provider_instance_id, {"stopped"},
+        # desired-state APIs (RunPod, Vast) accept a start while a stop is under way
+        self._command("start", provider_instance_id, {"stopped", "stopping"},
                       ("booting", (0.5, 1.0)), ("running", self.timings.start))
 
     def stop(self, provider_instance_id: str) -> None:
@@ -350,11 +367,8 @@ class SimulatedCloud:
     def spawn_untracked(self, tag: str | None, *, instance_type: str = "gpu_1x_a10") -> str:
         """An instance that exists on the provider with no row of ours (a crash leftover)."""
         with self._lock:
-            calls = self.calls.copy()
-            pid = self.create_instance(instance_type=instance_type, name=tag or "not-ours",
-                                       tag=tag)
-            self.calls = calls
-            return pid
+            return self._create(instance_type=instance_type, region=None,
+                                name=tag or "not-ours", tag=tag, meta=None)
 
     # ---- inspection ------------------------------------------------------------------
 
@@ -369,7 +383,8 @@ class SimulatedCloud:
             self._settle()
             return [
                 i for i in self._instances.values()
-                if not i.removed and i.phase != "terminated" and (i.tag or not ours_only)
+                if not i.removed and i.phase != "terminated"
+                and (not ours_only or _our_tag(i) is not None)
             ]
 
     def settle(self, seconds: float = 3600.0) -> None:
@@ -473,8 +488,7 @@ class SimulatedCloud:
             provider_instance_id=inst.id,
             raw_status=raw,
             state=state,
-            tag=inst.tag if inst.tag and inst.tag.startswith("gpufsm-") else tag_from_name(
-                inst.name),
+            tag=_our_tag(inst),
             name=inst.name,
             ip=inst.ip if running else None,
             region=inst.region,
