@@ -26,6 +26,16 @@ def store_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathF
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path_factory.mktemp('db') / 'gpufsm.db'}"
         return
+    yield from _postgres_schema()
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A fresh PostgreSQL schema, for what only PostgreSQL can do (several daemons)."""
+    yield from _postgres_schema()
+
+
+def _postgres_schema() -> Iterator[str]:
     if not POSTGRES_URL:
         pytest.skip(_NO_PG)
     schema = f"gpufsm_test_{uuid.uuid4().hex[:12]}"

@@ -219,3 +219,61 @@ def test_repr_hides_the_password() -> None:
         assert "hunter2" not in repr(s)
     finally:
         s.engine.dispose()
+
+
+def test_leases_split_rows_and_expire(store: SqlInstanceStore) -> None:
+    a = store.insert(new_record(), actor="t")
+    b = store.insert(new_record(), actor="t")
+    got = store.claim("d1", [a.id, b.id], now=T0, ttl=60)
+    assert {r.id for r in got} == {a.id, b.id}
+    assert store.claim("d2", [a.id, b.id], now=T0 + timedelta(seconds=30), ttl=60) == []
+    renewed = store.claim("d1", [a.id], now=T0 + timedelta(seconds=30), ttl=60)
+    assert [r.id for r in renewed] == [a.id]
+    # d1 died: b's lease ran out at T0+60, a's was renewed until T0+90
+    taken = store.claim("d2", [a.id, b.id], now=T0 + timedelta(seconds=61), ttl=60)
+    assert [r.id for r in taken] == [b.id]
+    assert store.release("d1") == 1
+    assert [r.id for r in store.claim("d2", [a.id], now=T0 + timedelta(seconds=62), ttl=60)] \
+        == [a.id]
+    assert store.claim("d2", [], now=T0, ttl=60) == []
+
+
+def test_concurrent_claims_never_overlap(store_url: str) -> None:
+    """Daemons claiming at the same moment split the rows (SKIP LOCKED on PostgreSQL)."""
+    stores = [SqlInstanceStore(store_url, migrate=True) for _ in range(3)]
+    try:
+        ids = [stores[0].insert(new_record(), actor="t").id for _ in range(60)]
+        claimed: dict[str, list[str]] = {}
+        barrier = threading.Barrier(3)
+
+        def daemon(n: int) -> None:
+            barrier.wait()
+            rows = stores[n].claim(f"d{n}", ids, now=T0, ttl=60)
+            claimed[f"d{n}"] = [r.id for r in rows]
+
+        threads = [threading.Thread(target=daemon, args=(n,)) for n in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        everything = [i for got in claimed.values() for i in got]
+        assert sorted(everything) == sorted(ids)  # every row claimed exactly once
+    finally:
+        for s in stores:
+            s.close()
+
+
+def test_sqlite_allows_one_daemon_and_says_so(tmp_path: object) -> None:
+    from pathlib import Path
+
+    url = f"sqlite:///{Path(str(tmp_path)) / 'one.db'}"
+    first, second = SqlInstanceStore(url), SqlInstanceStore(url)
+    try:
+        refused = pytest.raises(StoreError, match=r"already reconciling .* SQLite supports one")
+        with first.daemon_lock(), refused, second.daemon_lock():
+            pass
+        with second.daemon_lock():  # released: the next one may start
+            pass
+    finally:
+        first.close()
+        second.close()

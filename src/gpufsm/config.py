@@ -43,3 +43,11 @@ class Settings(BaseSettings):
         default=None, validation_alias=AliasChoices("RUNPOD_API_KEY", "GPUFSM_RUNPOD_API_KEY"))
     http_timeout: float = Field(default=30.0, gt=0, le=600,
                                 description="seconds for every provider call")
+    # Where each provider's API lives: production by default; set to point an adapter
+    # at an emulator (`gpufsm emulator`) or a proxy.
+    lambda_base_url: str | None = None
+    vast_base_url: str | None = None
+    novita_base_url: str | None = None
+    runpod_base_url: str | None = None
+    reconcile_interval: float = Field(default=30.0, gt=0,
+                                      description="seconds between reconcile passes")

@@ -38,6 +38,7 @@ from gpufsm.adapters import (
 from gpufsm.clock import Clock, SystemClock
 from gpufsm.errors import (
     GpufsmError,
+    InsufficientCredit,
     PermanentProviderError,
     ProviderError,
     TransitionNotAllowed,
@@ -116,6 +117,8 @@ class Fleet:
         self._locks: weakref.WeakValueDictionary[str, _InstanceLock] = (
             weakref.WeakValueDictionary())
         self._locks_guard = threading.Lock()
+        #: Providers that refused a call for lack of credit (read by the emergency policy).
+        self.credit_exhausted: set[str] = set()
 
     # ---- reads ----------------------------------------------------------------------
 
@@ -160,6 +163,8 @@ class Fleet:
                 pid = adapter.launch(LaunchRequest(spec, record.tag, token))
             except ProviderError as exc:
                 exc.instance_id = record.id
+                if isinstance(exc, InsufficientCredit):
+                    self.credit_exhausted.add(record.provider)
                 after = self._launch_failed(adapter, record, exc)
                 if after.provider_instance_id is None:
                     raise
@@ -248,6 +253,52 @@ class Fleet:
                 except VersionConflict:
                     continue
             return self.store.get(instance_id)
+
+    def time_out(self, instance_id: str, *, reason: str) -> InstanceRecord:
+        """The clock's observation: the instance sat in its state past the deadline.
+
+        FAILED keeps it billable, so policy terminates it; raises TransitionNotAllowed
+        from states without a ``timed_out`` edge.
+        """
+        with self._lock(instance_id):
+            record = self.store.get(instance_id)
+            return self._apply(record, Event.TIMED_OUT, reason=reason)
+
+    def fail_launch(self, instance_id: str, *, reason: str) -> InstanceRecord:
+        """Give up on a CREATING row whose instance never appeared (the launch deadline).
+
+        Called only once good listings have shown no instance with the row's tag, so
+        the row is marked not billable: there is nothing to pay for.
+        """
+        with self._lock(instance_id):
+            record = self.store.get(instance_id)
+            return self._apply(record, Event.LAUNCH_FAILED, reason=reason,
+                               changes={"billable": False, "last_error": reason})
+
+    def adopt(self, provider: str, found: ProviderInstance, *, reason: str) -> InstanceRecord:
+        """Take an untracked instance carrying our tag into the store (an orphan).
+
+        The row is written as a launch (so history starts where every history starts)
+        and then brought to what the provider reports.
+        """
+        if found.tag is None:
+            raise ValidationError("tag", "only instances carrying our ownership tag are adopted")
+        self._adapter(provider)
+        now = self.clock.now()
+        token = found.tag.removeprefix("gpufsm-")
+        record = InstanceRecord(
+            id=str(uuid.uuid4()), provider=provider, state=S.CREATING, version=1,
+            client_token=f"adopted-{token}-{secrets.token_hex(4)}", tag=found.tag,
+            name=found.name, billable=True, spec={"provider": provider, "adopted": True},
+            created_at=now, updated_at=now, state_entered_at=now, region=found.region,
+            instance_type=found.instance_type, price_per_hour=found.price_per_hour,
+            # the id goes in with the row: two daemons adopting one orphan collide on the
+            # unique (provider, provider id) instead of both succeeding
+            provider_instance_id=found.provider_instance_id,
+        )
+        self.store.insert(record, actor=self.actor, reason=reason)
+        with self._lock(record.id):
+            return self._adopt(record, found)
 
     def wait_for(
         self,

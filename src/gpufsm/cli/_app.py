@@ -138,6 +138,30 @@ def history(instance_id: str, database_url: DatabaseOpt = None, as_json: JsonOpt
     console.print(_history_table(record.id, rows))
 
 
+@app.command()
+def reconcile(
+    once: Annotated[bool, typer.Option("--once", help="One pass, print it, exit.")] = False,
+    interval: Annotated[float | None, typer.Option(
+        min=0.0, help="Seconds between passes (default GPUFSM_RECONCILE_INTERVAL or 30).")] = None,
+    provider: Annotated[list[str] | None, typer.Option(
+        "--provider", "-p", help="Only these providers (repeatable).")] = None,
+    orphans: Annotated[str, typer.Option(
+        help="Instances with our tag and no row: report, adopt or terminate.")] = "report",
+    database_url: DatabaseOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Keep the database true to the providers; terminate what should not bill.
+
+    Exit status with --once: 0 when the pass finished without instance errors or
+    alerts, 1 otherwise. The loop exits 0 on SIGTERM/SIGINT after finishing its step.
+    """
+    from gpufsm.cli._reconcile import run_reconcile
+
+    code = run_reconcile(once=once, interval=interval, providers=provider, orphans=orphans,
+                         database_url=database_url, as_json=as_json, console=console)
+    raise typer.Exit(code)
+
+
 @db_app.command("upgrade")
 def db_upgrade(database_url: DatabaseOpt = None) -> None:
     """Apply schema migrations (automatic for SQLite; explicit for shared PostgreSQL)."""
@@ -148,6 +172,31 @@ def db_upgrade(database_url: DatabaseOpt = None) -> None:
         console.print(f"schema at revision {current_revision(store.engine)}")
     finally:
         store.close()
+
+
+@app.command()
+def emulator(
+    *,
+    dialect: Annotated[str, typer.Option(help="Provider dialect: lambda, vastai, novita or "
+                                         "runpod.")],
+    host: Annotated[str, typer.Option(help="Address to listen on (loopback unless "
+                                      "--allow-remote).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535, help="Port; 0 picks a free one.")] = 0,
+    api_key: Annotated[str | None, typer.Option(
+        "--api-key", help="Require this bearer key on the provider API (default: any).")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the simulated cloud.")] = 0,
+    real_time: Annotated[bool, typer.Option(
+        "--real-time/--fake-clock", help="Real time with short boots, or a clock that "
+        "moves only through POST /_emulator/clock.")] = True,
+    allow_remote: Annotated[bool, typer.Option(
+        "--allow-remote", help="Listen on a non-loopback address (plain HTTP, keyless "
+        "admin API: anyone who reaches it can drive it).")] = False,
+) -> None:
+    """Serve a provider's HTTP API over a simulated cloud, with a fault-injection admin API."""
+    from gpufsm.cli._emulator import run_emulator
+
+    raise typer.Exit(run_emulator(dialect=dialect, host=host, port=port, api_key=api_key,
+                                  seed=seed, real_time=real_time, allow_remote=allow_remote))
 
 
 def _resolve(store: SqlInstanceStore, instance_id: str) -> InstanceRecord:

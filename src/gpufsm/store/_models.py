@@ -83,6 +83,9 @@ class InstanceRow(Base):
     last_seen_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
     last_raw_status: Mapped[str | None] = mapped_column(String(64))
     last_error: Mapped[str | None] = mapped_column(Text)
+    # Which daemon may act on this row until when (0002); never part of a record.
+    lease_owner: Mapped[str | None] = mapped_column(String(128))
+    lease_expires_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
 
 
 class TransitionRow(Base):

@@ -8,10 +8,12 @@ engine commits first and calls after.
 
 from __future__ import annotations
 
+import fcntl
 import logging
+import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, cast
 
@@ -23,6 +25,7 @@ from sqlalchemy import (
     create_engine,
     event,
     insert,
+    or_,
     select,
     update,
 )
@@ -117,6 +120,38 @@ class SqlInstanceStore:
 
     def close(self) -> None:
         self.engine.dispose()
+
+    @contextmanager
+    def daemon_lock(self) -> Iterator[None]:
+        """Be the only reconcile daemon on an SQLite file, or say who already is.
+
+        SQLite is the embedded, one-process default: two daemons on one file would both
+        act on every row. PostgreSQL needs no lock (daemons share rows by lease), and
+        an in-memory database cannot be shared at all.
+        """
+        database = self.engine.url.database or ""
+        if not self._sqlite or database in ("", ":memory:"):
+            yield
+            return
+        path = Path(database).with_name(Path(database).name + ".daemon.lock")
+        with path.open("a+") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.seek(0)
+                holder = handle.read().strip() or "another process"
+                raise StoreError(
+                    f"{holder} is already reconciling {database}: SQLite supports one "
+                    "daemon; run several on PostgreSQL (they share rows by lease)"
+                ) from None
+            handle.seek(0)
+            handle.truncate()
+            handle.write(f"gpufsm daemon pid {os.getpid()}")
+            handle.flush()
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
     @contextmanager
     def _tx(self) -> Iterator[Connection]:
@@ -229,6 +264,46 @@ class SqlInstanceStore:
         raise VersionConflict(instance_id, expected)
 
     # ---- reads ------------------------------------------------------------------------
+
+    # ---- leases ------------------------------------------------------------------------
+
+    def claim(self, owner: str, instance_ids: Sequence[str], *, now: datetime,
+              ttl: float, limit: int | None = None) -> list[InstanceRecord]:
+        """Lease the given rows to ``owner`` for ``ttl`` seconds; return those it got.
+
+        A row is claimable when unleased, leased to ``owner`` already (renewal), or its
+        lease expired (a dead daemon's rows are taken over). On PostgreSQL the rows are
+        locked ``FOR UPDATE SKIP LOCKED``, so daemons claiming at once split the rows
+        between them instead of waiting on each other; SQLite has one writer anyway.
+        """
+        _aware(now)
+        if not instance_ids:
+            return []
+        free = or_(_I.c.lease_owner.is_(None), _I.c.lease_owner == owner,
+                   _I.c.lease_expires_at < now)
+        pick = select(_I.c.id).where(_I.c.id.in_(list(instance_ids)), free)
+        if limit is not None:
+            # own leases first (renewal keeps a daemon's rows stable), then the oldest
+            pick = pick.order_by((_I.c.lease_owner == owner).desc(), _I.c.created_at,
+                                 _I.c.id).limit(limit)
+        if not self._sqlite:
+            pick = pick.with_for_update(skip_locked=True)
+        with self._tx() as conn:
+            rows = conn.execute(
+                update(_I).where(_I.c.id.in_(pick.scalar_subquery()))
+                .values(lease_owner=owner,
+                        lease_expires_at=now + timedelta(seconds=ttl))
+                .returning(*_I.c)
+            ).all()
+        return [_from_row(r) for r in rows]
+
+    def release(self, owner: str, instance_ids: Sequence[str] | None = None) -> int:
+        """Give up ``owner``'s leases (all of them, or these); return how many."""
+        query = update(_I).where(_I.c.lease_owner == owner)
+        if instance_ids is not None:
+            query = query.where(_I.c.id.in_(list(instance_ids)))
+        with self._tx() as conn:
+            return conn.execute(query.values(lease_owner=None, lease_expires_at=None)).rowcount
 
     def get(self, instance_id: str) -> InstanceRecord:
         with self._tx() as conn:

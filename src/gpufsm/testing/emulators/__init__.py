@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from gpufsm.testing.emulators._admin import EmulatorAdmin, enable_admin
 from gpufsm.testing.emulators._server import (
     Dialect,
     EmulatorRequest,
@@ -16,10 +17,12 @@ from gpufsm.testing.emulators._server import (
 __all__ = [
     "DIALECTS",
     "Dialect",
+    "EmulatorAdmin",
     "EmulatorRequest",
     "EmulatorResponse",
     "EmulatorServer",
     "HttpFault",
+    "enable_admin",
     "make_dialect",
 ]
 

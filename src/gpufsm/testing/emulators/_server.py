@@ -19,12 +19,17 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Protocol
 
 __all__ = [
+    "ADMIN_PREFIX",
     "Dialect",
     "EmulatorRequest",
     "EmulatorResponse",
     "EmulatorServer",
     "HttpFault",
 ]
+
+#: Paths under this prefix go to ``EmulatorServer.admin`` when one is set (no provider
+#: uses it): the emulator's own controls, outside auth, faults and the counts.
+ADMIN_PREFIX = "/_emulator/"
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,6 +174,8 @@ class EmulatorServer:
         self.counts: Counter[str] = Counter()
         self.log: deque[tuple[str, str, int]] = deque(maxlen=10_000)
         self.hooks: list[Callable[[EmulatorRequest, EmulatorResponse], None]] = []
+        #: Answers ``ADMIN_PREFIX`` paths when set (see gpufsm.testing.emulators._admin).
+        self.admin: Callable[[EmulatorRequest], EmulatorResponse] | None = None
         self._httpd = _Server((host, port), _Handler)
         self._httpd.emulator = self
         self._thread: threading.Thread | None = None
@@ -220,6 +227,8 @@ class EmulatorServer:
 
     def dispatch(self, request: EmulatorRequest) -> EmulatorResponse | None:
         """Auth, faults, then the dialect. None means: drop the connection."""
+        if self.admin is not None and request.path.startswith(ADMIN_PREFIX):
+            return self.admin(request)  # the emulator's own controls: no key, no fault
         key = f"{request.method} {request.path}"
         if self._api_key is not None and request.headers.get("authorization") != (
             f"Bearer {self._api_key}"

@@ -1,0 +1,107 @@
+"""``gpufsm reconcile``: one pass printed for a person, or the daemon loop."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import sys
+
+from rich.console import Console
+from rich.table import Table
+
+from gpufsm.cli._providers import build_adapters
+from gpufsm.config import Settings
+from gpufsm.errors import ValidationError
+from gpufsm.fleet import Fleet
+from gpufsm.reconcile import (
+    OrphanPolicy,
+    PassReport,
+    ReconcileConfig,
+    Reconciler,
+    insufficient_credit_emergency,
+    run_forever,
+)
+from gpufsm.store import SqlInstanceStore
+
+__all__ = ["print_report", "run_reconcile"]
+
+log = logging.getLogger("gpufsm.reconcile")
+
+
+def print_report(report: PassReport, console: Console) -> None:
+    changes = Table("instance", "provider", "transition", "event", "why",
+                    title=f"reconcile pass: {len(report.changes)} change(s)")
+    for c in report.changes:
+        changes.add_row(c.instance_id[:8], c.provider,
+                        f"{c.from_state or '(new)'} → {c.to_state}", c.event, c.why)
+    console.print(changes)
+    if report.problems:
+        problems = Table("kind", "provider", "instance", "message", title="problems")
+        for p in report.problems:
+            problems.add_row(p.kind, p.provider, (p.instance_id or "")[:8], p.message)
+        console.print(problems)
+    for note in report.notes:
+        console.print(note)
+    listed = ", ".join(f"{k}={v}" for k, v in sorted(report.listings.items())) or "none"
+    console.print(f"{report.instances_seen} instances watched; listed: {listed}; "
+                  f"{report.duration:.2f}s")
+
+
+def run_reconcile(*, once: bool, interval: float | None, providers: list[str] | None,
+                  orphans: str, database_url: str | None, as_json: bool,
+                  console: Console) -> int:
+    settings = Settings()
+    try:
+        policy = OrphanPolicy(orphans)
+    except ValueError:
+        raise ValidationError("--orphans", "one of report, adopt, terminate",
+                              value=orphans) from None
+    adapters = build_adapters(settings, providers)
+    store = SqlInstanceStore(database_url or settings.database_url,
+                             sqlite_synchronous=settings.sqlite_synchronous)
+    every = interval or settings.reconcile_interval
+    # On a shared database each daemon leases its rows; the owner must be unique.
+    shared = store.engine.dialect.name != "sqlite"
+    actor = f"reconciler@{socket.gethostname()}:{os.getpid()}" if shared else "reconciler"
+    fleet = Fleet(store, adapters, actor=actor)
+    config = ReconcileConfig(orphans=policy, lease_ttl=max(120.0, 5 * every) if shared else None)
+    reconciler = Reconciler(fleet, config, policies=[insufficient_credit_emergency()],
+                            actor=actor)
+    try:
+        with store.daemon_lock():
+            return _run(reconciler, once=once, interval=every, as_json=as_json,
+                        console=console)
+    finally:
+        for adapter in adapters:
+            close = getattr(adapter, "close", None)
+            if close is not None:
+                close()
+        store.close()
+
+
+def _run(reconciler: Reconciler, *, once: bool, interval: float, as_json: bool,
+         console: Console) -> int:
+    if once:
+        report = reconciler.run_once()
+        if as_json:
+            sys.stdout.write(json.dumps(report.to_dict(), indent=2) + "\n")
+        else:
+            print_report(report, console)
+        return 0 if report.ok else 1
+
+    def show(report: PassReport) -> None:
+        log.info("pass done: changes=%d problems=%d duration=%.2fs",
+                 len(report.changes), len(report.problems), report.duration)
+        for c in report.changes:
+            log.info("change instance=%s provider=%s from=%s to=%s event=%s why=%r",
+                     c.instance_id, c.provider, c.from_state, c.to_state, c.event, c.why)
+        for p in report.problems:
+            log.warning("problem kind=%s provider=%s instance=%s message=%r", p.kind,
+                        p.provider, p.instance_id, p.message)
+
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    run_forever(reconciler, interval=interval, on_pass=show)
+    return 0

@@ -1,0 +1,367 @@
+"""One reconcile pass: list each provider once, sync observations, then step.
+
+The failures this module exists to avoid (and that its tests replay):
+
+* one odd row hanging the loop — every instance is handled in its own try block, and
+  an observation without an edge is drift, never an exception;
+* an empty or failed listing read as "everything is gone" — a failed, empty-when-it-
+  should-not-be or mostly-missing listing is UNKNOWN for the whole provider, and an
+  absence counts only when a direct GET says not-found or N good listings agree;
+* instances created but never recorded after a crash — CREATING rows are matched to
+  listed instances by ownership tag, and tagged instances with no row are reported;
+* termination given up while the instance still bills — TERMINATING rows are
+  re-terminated with capped backoff forever; after a budget an alert is raised.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from functools import partial
+
+from gpufsm.adapters import Observation, ProviderAdapter, ProviderInstance
+from gpufsm.errors import GpufsmError, InsufficientCredit, ProviderError, TransitionNotAllowed
+from gpufsm.fleet import Fleet
+from gpufsm.machines import Event, InstanceState
+from gpufsm.reconcile._config import OrphanPolicy, ReconcileConfig
+from gpufsm.reconcile._policy import Action, Policy, Snapshot
+from gpufsm.reconcile._report import Change, PassReport, Problem
+from gpufsm.store import InstanceRecord
+
+__all__ = ["Reconciler"]
+
+log = logging.getLogger("gpufsm.reconcile")
+
+S = InstanceState
+_WATCHED = [s for s in S if s is not S.TERMINATED]
+
+
+@dataclass
+class _View:
+    """One provider's listing for this pass; ``instances`` None means UNKNOWN."""
+
+    instances: Sequence[ProviderInstance] | None
+    by_pid: dict[str, ProviderInstance] = field(default_factory=dict)
+    by_tag: dict[str, ProviderInstance] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, listing: Sequence[ProviderInstance] | None) -> _View:
+        return cls(listing, {i.provider_instance_id: i for i in listing or ()},
+                   {i.tag: i for i in listing or () if i.tag})
+
+    @property
+    def ok(self) -> bool:
+        return self.instances is not None
+
+
+class Reconciler:
+    """Keeps the store true to the providers and makes sure nothing bills that should not.
+
+    Stateless across processes except for one in-memory tally that is safe to lose:
+    consecutive absences (a restart only delays confirmation). Terminate backoff is
+    derived from the history, so it survives restarts and lease takeovers.
+    """
+
+    def __init__(self, fleet: Fleet, config: ReconcileConfig | None = None, *,
+                 policies: Sequence[Policy] = (), actor: str = "reconciler") -> None:
+        self.fleet = fleet
+        self.config = config or ReconcileConfig()
+        self.policies = tuple(policies)
+        self.actor = actor  # also the lease owner: unique per daemon when leasing
+        self._claimed: set[str] = set()
+        self._absent: dict[str, int] = {}
+        self.credit_exhausted: set[str] = set()
+
+    # ---- the pass ----------------------------------------------------------------------
+
+    def run_once(self) -> PassReport:
+        started = time.perf_counter()
+        report = PassReport(started_at=self.fleet.clock.now().isoformat())
+        rows = [r for r in self.fleet.store.list(states=_WATCHED) if _needs_watching(r)]
+        if self.config.lease_ttl is not None:
+            rows = list(self.fleet.store.claim(self.actor, [r.id for r in rows],
+                                               now=self.fleet.clock.now(),
+                                               ttl=self.config.lease_ttl,
+                                               limit=self.config.lease_batch))
+        self._claimed = {r.id for r in rows}
+        report.instances_seen = len(rows)
+        for provider, adapter in sorted(self.fleet.adapters.items()):
+            mine = [r for r in rows if r.provider == provider]
+            self._provider_pass(provider, adapter, mine, report)
+        for provider in sorted({r.provider for r in rows} - set(self.fleet.adapters)):
+            report.problems.append(Problem(
+                "no-adapter", provider, f"{sum(r.provider == provider for r in rows)} "
+                "instances on a provider with no adapter configured: left untouched"))
+        self._run_policies(report)
+        report.duration = time.perf_counter() - started
+        return report
+
+    def _provider_pass(self, provider: str, adapter: ProviderAdapter,
+                       rows: list[InstanceRecord], report: PassReport) -> None:
+        view = _View.of(self._list(provider, adapter, report))
+        if view.instances is not None and self._suspicious(rows, view):
+            report.problems.append(Problem(
+                "listing-unknown", provider,
+                f"listing shows {len(view.instances)} instances but misses most of our "
+                f"{len(rows)} live ones: treated as unknown, nothing changed"))
+            view = _View.of(None)
+        confirm_budget = self.config.confirm_gets_per_pass
+        for row in rows:
+            try:
+                observation, confirm_budget = self._observation(row, adapter, view,
+                                                                confirm_budget)
+                record = self._sync(row, observation, report)
+                for _ in range(3):  # a step may lead to another: timed out → terminate
+                    after = self._step(record, view, report)
+                    if after is None or after.state is record.state:
+                        break
+                    record = after
+            except GpufsmError as exc:
+                log.warning("reconcile of %s failed: %s", row.id, exc)
+                report.problems.append(Problem("instance-error", provider, str(exc), row.id))
+            except Exception as exc:  # one odd row never stops the pass
+                log.exception("reconcile of %s crashed", row.id)
+                report.problems.append(Problem(
+                    "instance-error", provider, f"{type(exc).__name__}: {exc}", row.id))
+        if view.instances is not None:
+            self._orphans(provider, view.instances, report)
+
+    def _list(self, provider: str, adapter: ProviderAdapter, report: PassReport
+              ) -> Sequence[ProviderInstance] | None:
+        try:
+            listing = adapter.list_instances()
+        except InsufficientCredit as exc:
+            self.credit_exhausted.add(provider)
+            report.problems.append(Problem("listing-unknown", provider, str(exc)))
+            return None
+        except ProviderError as exc:
+            report.problems.append(Problem("listing-unknown", provider,
+                                           f"listing failed: {exc}"))
+            return None
+        report.listings[provider] = len(listing)
+        return listing
+
+    def _suspicious(self, rows: list[InstanceRecord], view: _View) -> bool:
+        """Most of what we know is running is missing: an outage, not a mass extinction."""
+        known = [r for r in rows if r.provider_instance_id is not None
+                 and r.state is not S.TERMINATING]
+        if len(known) < self.config.suspicious_min_instances:
+            return False
+        missing = sum(1 for r in known
+                      if r.provider_instance_id not in view.by_pid and r.tag not in view.by_tag)
+        return missing / len(known) > self.config.suspicious_absent_fraction
+
+    def _observation(self, row: InstanceRecord, adapter: ProviderAdapter, view: _View,
+                     budget: int) -> tuple[Observation, int]:
+        if not view.ok:
+            return Observation.unknown("listing unknown"), budget
+        found = (view.by_pid.get(row.provider_instance_id) if row.provider_instance_id
+                 else view.by_tag.get(row.tag))
+        if found is not None:
+            self._absent.pop(row.id, None)
+            return Observation.present(found), budget
+        if row.provider_instance_id is None:
+            return Observation.absent(confirmed=False, reason="no instance with our tag"), budget
+        count = self._absent.get(row.id, 0) + 1
+        self._absent[row.id] = count
+        if count >= self.config.absent_listings_to_confirm:
+            return Observation.absent(
+                confirmed=True, reason=f"absent from {count} good listings in a row"), budget
+        if budget > 0:
+            try:
+                seen = adapter.get(row.provider_instance_id)
+            except ProviderError as exc:
+                return Observation.unknown(f"confirming GET failed: {exc}"), budget - 1
+            if seen is None:
+                return Observation.absent(confirmed=True,
+                                          reason="absent from the listing; GET: not found"),\
+                    budget - 1
+            return Observation.present(seen), budget - 1
+        return Observation.absent(confirmed=False, reason=f"absent from {count} listing(s)"), \
+            budget
+
+    def _sync(self, row: InstanceRecord, observation: Observation, report: PassReport
+              ) -> InstanceRecord:
+        after = self.fleet.observe(row.id, observation, actor=self.actor)
+        self._record_changes(row, after, report)
+        return after
+
+    def _step(self, record: InstanceRecord, view: _View, report: PassReport
+              ) -> InstanceRecord | None:
+        """The active half: act on deadlines and on what may still bill. Returns the
+        record after an action, or None when there was nothing to do."""
+        now = self.fleet.clock.now()
+        age = (now - record.state_entered_at).total_seconds()
+        deadline = self.config.deadline(record.provider, record.state)
+        if record.state is S.CREATING:
+            if record.provider_instance_id is None and view.ok and deadline is not None \
+                    and age > deadline and record.tag not in view.by_tag:
+                return self._act(record, report, partial(
+                    self.fleet.fail_launch, record.id,
+                    reason=f"no instance with tag {record.tag} {age:.0f}s after launch"))
+        elif record.state in (S.CREATED, S.STARTING, S.STOPPING):
+            if deadline is not None and age > deadline:
+                return self._act(record, report, partial(
+                    self.fleet.time_out, record.id,
+                    reason=f"{record.state.value} for {age:.0f}s (deadline {deadline:.0f}s)"))
+        elif record.state is S.FAILED:
+            if record.billable and self.config.terminate_failed:
+                return self._terminate(record, report, "FAILED and may still bill")
+        elif record.state is S.TERMINATING:
+            return self._reterminate(record, view, report)
+        return None
+
+    def _reterminate(self, record: InstanceRecord, view: _View, report: PassReport
+                     ) -> InstanceRecord | None:
+        if record.provider_instance_id is None:
+            # Nothing to call; gone once good listings no longer show our tag past the
+            # launch deadline (the instance would have appeared by then).
+            deadline = self.config.deadline(record.provider, S.CREATING) or 0
+            age = (self.fleet.clock.now() - record.created_at).total_seconds()
+            if view.ok and record.tag not in view.by_tag and age > deadline:
+                return self._act(record, report, partial(
+                    self.fleet.observe, record.id, Observation.absent(
+                        confirmed=True, reason="never appeared: no instance with our tag"),
+                    actor=self.actor))
+            return None
+        # Attempts and their times come from the history, not from memory, so a
+        # restarted daemon, or one that took over a dead daemon's lease, keeps the same
+        # backoff instead of re-issuing at once (a double action).
+        attempts, last = self._terminate_attempts(record)
+        backoff = min(self.config.terminate_backoff_cap,
+                      self.config.terminate_backoff * 2 ** (attempts - 1))
+        if (self.fleet.clock.now() - last).total_seconds() < backoff:
+            return None
+        if attempts == self.config.terminate_alert_after:  # crossed once: one alert
+            message = (f"still present after {attempts} terminate attempts; "
+                       f"still trying every {backoff:.0f}s")
+            log.error("ALERT %s (%s): %s", record.id, record.provider, message)
+            report.problems.append(Problem("alert", record.provider, message, record.id))
+        return self._terminate(record, report,
+                               f"re-issue #{attempts}: provider still shows it")
+
+    def _terminate_attempts(self, record: InstanceRecord) -> tuple[int, datetime]:
+        """Terminates issued since the row became TERMINATING, and when the last was."""
+        attempts, last = 0, None
+        for h in reversed(self.fleet.history(record.id)):
+            if h.to_state is not S.TERMINATING:
+                break
+            if h.event is Event.TERMINATE:
+                attempts += 1
+                last = last or h.at  # walking backwards: the first one met is the latest
+        # entered by observed_terminating (someone else): count that as the first try
+        return max(attempts, 1), last or record.state_entered_at
+
+    def _terminate(self, record: InstanceRecord, report: PassReport, why: str
+                   ) -> InstanceRecord | None:
+        return self._act(record, report, partial(self.fleet.terminate, record.id, reason=why))
+
+    def _act(self, record: InstanceRecord, report: PassReport,
+             action: Callable[[], InstanceRecord]) -> InstanceRecord | None:
+        """Run one engine call; record what changed; a refusal is news, not a crash."""
+        try:
+            after = action()
+        except InsufficientCredit:
+            self.credit_exhausted.add(record.provider)
+            raise
+        except TransitionNotAllowed as exc:  # someone moved it meanwhile: next pass
+            log.info("reconcile action on %s skipped: %s", record.id, exc)
+            return None
+        except ProviderError as exc:
+            after = self.fleet.get(record.id)
+            self._record_changes(record, after, report)
+            report.problems.append(Problem("instance-error", record.provider,
+                                           f"{type(exc).__name__}: {exc}", record.id))
+            return after
+        self._record_changes(record, after, report)
+        return after
+
+    def _record_changes(self, before: InstanceRecord, after: InstanceRecord,
+                        report: PassReport) -> None:
+        if after.version == before.version:
+            return
+        for h in self.fleet.history(after.id):
+            if h.version > before.version:
+                report.changes.append(Change(
+                    after.id, after.provider, h.from_state.value if h.from_state else "",
+                    h.to_state.value, h.event.value,
+                    h.reason or (f"provider reports {h.raw_status!r}" if h.raw_status else "")))
+
+    def release(self) -> int:
+        """Hand this daemon's leases back (a clean shutdown), so others need not wait."""
+        if self.config.lease_ttl is None:
+            return 0
+        return self.fleet.store.release(self.actor)
+
+    # ---- orphans and policies ---------------------------------------------------------
+
+    def _orphans(self, provider: str, listing: Iterable[ProviderInstance],
+                 report: PassReport) -> None:
+        for inst in listing:
+            if inst.tag is None or inst.state in (S.TERMINATED, None):
+                continue
+            if self.fleet.store.find(provider, tag=inst.tag) is not None:
+                continue
+            if self.fleet.store.find(provider, provider_instance_id=inst.provider_instance_id):
+                continue
+            policy = self.config.orphans
+            report.problems.append(Problem(
+                "orphan", provider, f"{inst.provider_instance_id} carries our tag {inst.tag} "
+                f"but has no row ({inst.raw_status}); policy: {policy.value}"))
+            if policy is OrphanPolicy.REPORT:
+                continue
+            try:
+                record = self.fleet.adopt(provider, inst, reason="orphan adopted by reconciler")
+                report.changes.append(Change(record.id, provider, "", record.state.value,
+                                             "adopted", f"orphan {inst.provider_instance_id}"))
+                if policy is OrphanPolicy.TERMINATE:
+                    self._terminate(record, report, "orphan: terminate per configuration")
+            except GpufsmError as exc:
+                report.problems.append(Problem("instance-error", provider, str(exc)))
+
+    def _run_policies(self, report: PassReport) -> None:
+        if not self.policies:
+            return
+        # With leases, policies see (and act on) only this daemon's rows: two daemons
+        # must never both terminate the same instance.
+        watched = [r for r in self.fleet.store.list(states=_WATCHED)
+                   if self.config.lease_ttl is None or r.id in self._claimed]
+        snapshot = Snapshot(
+            now=self.fleet.clock.now(),
+            instances=tuple(watched),
+            credit_exhausted=frozenset(self.credit_exhausted | self.fleet.credit_exhausted),
+        )
+        actions: list[Action] = []
+        for policy in self.policies:
+            actions.extend(policy(snapshot))
+        tally: dict[str, list[int]] = {}  # policy → [asked, done]
+        for action in actions:
+            record = self.fleet.get(action.instance_id)
+            why = f"policy {action.policy}: {action.reason}"
+            if action.kind == "alert":
+                report.problems.append(Problem("alert", record.provider, why, record.id))
+                continue
+            if action.kind == "terminate" and record.state in (S.TERMINATED, S.TERMINATING):
+                continue
+            counts = tally.setdefault(action.policy, [0, 0])
+            counts[0] += 1
+            command = self.fleet.terminate if action.kind == "terminate" else self.fleet.stop
+            problems = len(report.problems)
+            try:
+                self._act(record, report, partial(command, record.id, reason=why))
+            except GpufsmError as exc:
+                report.problems.append(Problem("instance-error", record.provider, str(exc),
+                                               record.id))
+            if len(report.problems) == problems:
+                counts[1] += 1
+        for name, (asked, done) in sorted(tally.items()):
+            report.notes.append(f"policy {name}: acted on {done}/{asked}")
+
+
+def _needs_watching(record: InstanceRecord) -> bool:
+    """A FAILED row that never reached the provider bills nothing and needs no look."""
+    return not (record.state is S.FAILED and not record.billable
+                and record.provider_instance_id is None)
