@@ -61,8 +61,14 @@ PAIRS = [
     Pair("runpod", Capabilities(stop=True, restart=True, tags=False),
          (_offer("NVIDIA A40", 0.44, ("EU-RO-1",)), _offer("NVIDIA B200", 5.99, ())),
          {"instance_type": "NVIDIA A40", "image": "runpod/pytorch:2.4.0"}),
+    Pair("vastai", Capabilities(stop=True, restart=True, tags=False),
+         (_offer("RTX 4090", 0.35, ("US",)), _offer("H200", 3.1, ())),
+         {"instance_type": "RTX 4090", "image": "pytorch/pytorch:latest"}),
 ]
-SOLD_OUT = {"lambda": "gpu_8x_h100", "novita": "A100 SXM 80GB", "runpod": "NVIDIA B200"}
+SOLD_OUT = {"lambda": "gpu_8x_h100", "novita": "A100 SXM 80GB", "runpod": "NVIDIA B200",
+            "vastai": "H200"}
+#: Vast's ids are integers: the simulated cloud numbers its instances the same way.
+ID_STYLE = {"vastai": {"id_prefix": "", "id_width": 0}}
 
 
 @dataclass
@@ -88,7 +94,7 @@ def rig(request: pytest.FixtureRequest) -> Iterator[Rig]:
     pair: Pair = request.param
     clock = FakeClock()
     cloud = SimulatedCloud(pair.provider, clock=clock, seed=3, capabilities=pair.capabilities,
-                           instance_types=pair.offers)
+                           instance_types=pair.offers, **ID_STYLE.get(pair.provider, {}))
     server = EmulatorServer(make_dialect(pair.provider, cloud), api_key=KEY).start()
     adapter = adapter_class(pair.provider)(
         SecretStr(KEY), base_url=server.url, clock=clock, rate_limits={},

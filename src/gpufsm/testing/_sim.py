@@ -147,9 +147,11 @@ class SimulatedCloud:
         timings: SimTimings | None = None,
         on_call: Callable[[str], None] | None = None,
         id_prefix: str | None = None,
+        id_width: int = 6,
     ) -> None:
         self._name = name
         self._id_prefix = f"{name}-" if id_prefix is None else id_prefix
+        self._id_width = id_width  # 0 with prefix "": bare integers, as Vast's ids are
         self.clock: Clock = clock or FakeClock()
         self._rng = random.Random(seed)
         self._caps = capabilities
@@ -234,7 +236,8 @@ class SimulatedCloud:
             )
         n = next(self._ids)
         inst = SimInstance(
-            id=f"{self._id_prefix}{n:06d}",
+            id=f"{self._id_prefix}{n:0{self._id_width}d}" if self._id_width else
+            f"{self._id_prefix}{n}",
             name=name,
             tag=tag,
             instance_type=offer.name,
