@@ -14,7 +14,7 @@ import gpufsm
 
 PUBLIC_PACKAGES = ["gpufsm", "gpufsm.machines", "gpufsm.adapters", "gpufsm.store",
                    "gpufsm.testing", "gpufsm.testing.emulators", "gpufsm.cli",
-                   "gpufsm.reconcile"]
+                   "gpufsm.reconcile", "gpufsm.notify"]
 
 
 @pytest.mark.parametrize("name", PUBLIC_PACKAGES)

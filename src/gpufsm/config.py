@@ -51,3 +51,7 @@ class Settings(BaseSettings):
     runpod_base_url: str | None = None
     reconcile_interval: float = Field(default=30.0, gt=0,
                                       description="seconds between reconcile passes")
+    webhook_urls: list[str] = Field(default_factory=list, description=(
+        'URLs called for every transition, as JSON: ["https://…"] (at least once)'))
+    webhook_secret: SecretStr | None = Field(default=None, description=(
+        "signs webhook bodies (X-Gpufsm-Signature: sha256=…)"))

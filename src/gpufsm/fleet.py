@@ -59,6 +59,7 @@ from gpufsm.machines import (
     event_for_observed_state,
     reachable_by_observation,
 )
+from gpufsm.notify import Listener, TransitionEvent, Webhook
 from gpufsm.specs import InstanceSpec, parse_spec
 from gpufsm.store import DriftRecord, InstanceRecord, InstanceStore, TransitionRecord
 
@@ -104,9 +105,12 @@ class Fleet:
         guards: Sequence[Guard] = (),
         actor: str | None = None,
         command_grace: float = 30.0,
+        webhooks: Sequence[Webhook] = (),
     ) -> None:
         self.store = store
         self.command_grace = command_grace
+        self.webhooks = tuple(webhooks)
+        self._listeners: list[Listener] = []
         if isinstance(adapters, Mapping):
             self.adapters: dict[str, ProviderAdapter] = dict(adapters)
         else:
@@ -119,6 +123,27 @@ class Fleet:
         self._locks_guard = threading.Lock()
         #: Providers that refused a call for lack of credit (read by the emergency policy).
         self.credit_exhausted: set[str] = set()
+
+    # ---- listeners ------------------------------------------------------------------
+
+    def subscribe(self, listener: Listener) -> Callable[[], None]:
+        """Call ``listener`` after every transition this Fleet commits; returns unsubscribe.
+
+        Listeners run in the committing thread, after the commit, so they only ever
+        hear about what is in the database; an exception in one is logged and ignored.
+        """
+        self._listeners.append(listener)
+        return lambda: self._listeners.remove(listener)
+
+    def _announce(self, event: TransitionEvent) -> list[tuple[str, dict[str, Any]]]:
+        return [(w.url, event.payload()) for w in self.webhooks if w.wants(event)]
+
+    def _notify(self, event: TransitionEvent) -> None:
+        for listener in list(self._listeners):
+            try:
+                listener(event)
+            except Exception:
+                log.exception("listener %r failed on %s", listener, event.event)
 
     # ---- reads ----------------------------------------------------------------------
 
@@ -157,7 +182,7 @@ class Fleet:
             spec=spec.model_dump(mode="json"), created_at=now, updated_at=now,
             state_entered_at=now, region=spec.region, instance_type=spec.instance_type,
         )
-        self.store.insert(record, actor=self.actor, reason=reason)
+        self._insert(record, reason)
         with self._lock(record.id):
             try:
                 pid = adapter.launch(LaunchRequest(spec, record.tag, token))
@@ -296,7 +321,7 @@ class Fleet:
             # unique (provider, provider id) instead of both succeeding
             provider_instance_id=found.provider_instance_id,
         )
-        self.store.insert(record, actor=self.actor, reason=reason)
+        self._insert(record, reason)
         with self._lock(record.id):
             return self._adopt(record, found)
 
@@ -413,11 +438,37 @@ class Fleet:
         values = dict(changes or {})
         if dest is S.TERMINATED:
             values["billable"] = False
-        return self.store.transition(
-            record.id, expected_version=record.version, from_state=record.state,
-            to_state=dest, event=event, kind=kind, actor=actor or self.actor,
-            at=self.clock.now(), reason=reason, raw_status=raw_status, changes=values,
+        at = self.clock.now()
+        announced = TransitionEvent(
+            instance_id=record.id, provider=record.provider,
+            provider_instance_id=values.get("provider_instance_id",
+                                            record.provider_instance_id),
+            name=record.name, tag=record.tag, from_state=record.state, to_state=dest,
+            event=event, kind=kind, actor=actor or self.actor, version=record.version + 1,
+            at=at, billable=values.get("billable", record.billable), reason=reason,
+            raw_status=raw_status,
         )
+        after = self.store.transition(
+            record.id, expected_version=record.version, from_state=record.state,
+            to_state=dest, event=event, kind=kind, actor=announced.actor, at=at,
+            reason=reason, raw_status=raw_status, changes=values,
+            outbox=self._announce(announced),
+        )
+        self._notify(announced)
+        return after
+
+    def _insert(self, record: InstanceRecord, reason: str | None) -> None:
+        """Write a new row with its launch history row (and its webhook messages)."""
+        announced = TransitionEvent(
+            instance_id=record.id, provider=record.provider,
+            provider_instance_id=record.provider_instance_id, name=record.name,
+            tag=record.tag, from_state=None, to_state=record.state, event=Event.LAUNCH,
+            kind=EdgeKind.COMMAND, actor=self.actor, version=record.version,
+            at=record.created_at, billable=record.billable, reason=reason,
+        )
+        self.store.insert(record, actor=self.actor, reason=reason,
+                          outbox=self._announce(announced))
+        self._notify(announced)
 
     def _launch_failed(self, adapter: ProviderAdapter, record: InstanceRecord,
                        exc: ProviderError) -> InstanceRecord:

@@ -15,6 +15,7 @@ from gpufsm.cli._providers import build_adapters
 from gpufsm.config import Settings
 from gpufsm.errors import ValidationError
 from gpufsm.fleet import Fleet
+from gpufsm.notify import Webhook, WebhookDispatcher
 from gpufsm.reconcile import (
     OrphanPolicy,
     PassReport,
@@ -65,15 +66,19 @@ def run_reconcile(*, once: bool, interval: float | None, providers: list[str] | 
     # On a shared database each daemon leases its rows; the owner must be unique.
     shared = store.engine.dialect.name != "sqlite"
     actor = f"reconciler@{socket.gethostname()}:{os.getpid()}" if shared else "reconciler"
-    fleet = Fleet(store, adapters, actor=actor)
+    hooks = [Webhook(url, secret=settings.webhook_secret) for url in settings.webhook_urls]
+    fleet = Fleet(store, adapters, actor=actor, webhooks=hooks)
+    dispatcher = WebhookDispatcher(store, hooks) if hooks else None
     config = ReconcileConfig(orphans=policy, lease_ttl=max(120.0, 5 * every) if shared else None)
     reconciler = Reconciler(fleet, config, policies=[insufficient_credit_emergency()],
-                            actor=actor)
+                            actor=actor, dispatcher=dispatcher)
     try:
         with store.daemon_lock():
             return _run(reconciler, once=once, interval=every, as_json=as_json,
                         console=console)
     finally:
+        if dispatcher is not None:
+            dispatcher.close()
         for adapter in adapters:
             close = getattr(adapter, "close", None)
             if close is not None:

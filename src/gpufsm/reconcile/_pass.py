@@ -26,6 +26,7 @@ from gpufsm.adapters import Observation, ProviderAdapter, ProviderInstance
 from gpufsm.errors import GpufsmError, InsufficientCredit, ProviderError, TransitionNotAllowed
 from gpufsm.fleet import Fleet
 from gpufsm.machines import Event, InstanceState
+from gpufsm.notify import WebhookDispatcher
 from gpufsm.reconcile._config import OrphanPolicy, ReconcileConfig
 from gpufsm.reconcile._policy import Action, Policy, Snapshot
 from gpufsm.reconcile._report import Change, PassReport, Problem
@@ -66,8 +67,10 @@ class Reconciler:
     """
 
     def __init__(self, fleet: Fleet, config: ReconcileConfig | None = None, *,
-                 policies: Sequence[Policy] = (), actor: str = "reconciler") -> None:
+                 policies: Sequence[Policy] = (), actor: str = "reconciler",
+                 dispatcher: WebhookDispatcher | None = None) -> None:
         self.fleet = fleet
+        self.dispatcher = dispatcher
         self.config = config or ReconcileConfig()
         self.policies = tuple(policies)
         self.actor = actor  # also the lease owner: unique per daemon when leasing
@@ -96,6 +99,11 @@ class Reconciler:
                 "no-adapter", provider, f"{sum(r.provider == provider for r in rows)} "
                 "instances on a provider with no adapter configured: left untouched"))
         self._run_policies(report)
+        if self.dispatcher is not None:
+            sent = self.dispatcher.deliver_due()
+            if sent.delivered or sent.failed or sent.given_up:
+                report.notes.append(f"webhooks: delivered {sent.delivered}, failed "
+                                    f"{sent.failed}, given up {sent.given_up}")
         report.duration = time.perf_counter() - started
         return report
 

@@ -5,7 +5,13 @@ Imports the lifecycle's types and nothing above; adapters are a sibling it never
 
 from gpufsm.store._migrate import current_revision, head_revision, upgrade
 from gpufsm.store._protocol import InstanceStore
-from gpufsm.store._records import MUTABLE_FIELDS, DriftRecord, InstanceRecord, TransitionRecord
+from gpufsm.store._records import (
+    MUTABLE_FIELDS,
+    DriftRecord,
+    InstanceRecord,
+    OutboxMessage,
+    TransitionRecord,
+)
 from gpufsm.store._sql import SqlInstanceStore, make_engine
 
 __all__ = [
@@ -13,6 +19,7 @@ __all__ = [
     "DriftRecord",
     "InstanceRecord",
     "InstanceStore",
+    "OutboxMessage",
     "SqlInstanceStore",
     "TransitionRecord",
     "current_revision",

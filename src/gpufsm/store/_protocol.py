@@ -7,7 +7,7 @@ from datetime import datetime
 from typing import Any, Protocol, runtime_checkable
 
 from gpufsm.machines import EdgeKind, Event, InstanceState
-from gpufsm.store._records import DriftRecord, InstanceRecord, TransitionRecord
+from gpufsm.store._records import DriftRecord, InstanceRecord, OutboxMessage, TransitionRecord
 
 __all__ = ["InstanceStore"]
 
@@ -21,8 +21,8 @@ class InstanceStore(Protocol):
     row are committed together or not at all.
     """
 
-    def insert(self, record: InstanceRecord, *, actor: str, reason: str | None = None
-               ) -> InstanceRecord: ...
+    def insert(self, record: InstanceRecord, *, actor: str, reason: str | None = None,
+               outbox: Sequence[tuple[str, dict[str, Any]]] = ()) -> InstanceRecord: ...
 
     def transition(
         self,
@@ -38,6 +38,7 @@ class InstanceStore(Protocol):
         reason: str | None = None,
         raw_status: str | None = None,
         changes: Mapping[str, Any] | None = None,
+        outbox: Sequence[tuple[str, dict[str, Any]]] = (),
     ) -> InstanceRecord: ...
 
     def update(self, instance_id: str, *, expected_version: int, at: datetime,
@@ -61,6 +62,14 @@ class InstanceStore(Protocol):
               ttl: float, limit: int | None = None) -> Sequence[InstanceRecord]: ...
 
     def release(self, owner: str, instance_ids: Sequence[str] | None = None) -> int: ...
+
+    def claim_outbox(self, *, now: datetime, hold: float, limit: int = 100
+                     ) -> Sequence[OutboxMessage]: ...
+
+    def outbox_done(self, seq: int, *, at: datetime) -> None: ...
+
+    def outbox_failed(self, seq: int, *, error: str, next_attempt_at: datetime | None
+                      ) -> None: ...
 
     def drift(self, instance_id: str) -> Sequence[DriftRecord]: ...
 

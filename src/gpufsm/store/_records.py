@@ -13,7 +13,8 @@ from typing import Any
 
 from gpufsm.machines import EdgeKind, Event, InstanceState
 
-__all__ = ["MUTABLE_FIELDS", "DriftRecord", "InstanceRecord", "TransitionRecord"]
+__all__ = ["MUTABLE_FIELDS", "DriftRecord", "InstanceRecord", "OutboxMessage",
+           "TransitionRecord"]
 
 #: Columns a write may change besides state and version. Anything else is a bug.
 MUTABLE_FIELDS = frozenset({
@@ -83,3 +84,18 @@ class DriftRecord:
     raw_status: str | None = None
     reason: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxMessage:
+    """One webhook delivery, pending, delivered or given up (``next_attempt_at`` None)."""
+
+    seq: int
+    instance_id: str
+    url: str
+    payload: dict[str, Any]
+    created_at: datetime
+    attempts: int
+    next_attempt_at: datetime | None
+    delivered_at: datetime | None = None
+    last_error: str | None = None

@@ -36,8 +36,14 @@ from sqlalchemy.pool import StaticPool
 from gpufsm.errors import InstanceNotFound, StoreError, VersionConflict
 from gpufsm.machines import EdgeKind, Event, InstanceState
 from gpufsm.store._migrate import current_revision, head_revision, upgrade
-from gpufsm.store._models import DriftRow, InstanceRow, TransitionRow
-from gpufsm.store._records import MUTABLE_FIELDS, DriftRecord, InstanceRecord, TransitionRecord
+from gpufsm.store._models import DriftRow, InstanceRow, OutboxRow, TransitionRow
+from gpufsm.store._records import (
+    MUTABLE_FIELDS,
+    DriftRecord,
+    InstanceRecord,
+    OutboxMessage,
+    TransitionRecord,
+)
 
 __all__ = ["SqlInstanceStore", "make_engine"]
 
@@ -46,6 +52,7 @@ log = logging.getLogger("gpufsm.store")
 _I = cast(Table, InstanceRow.__table__)
 _T = cast(Table, TransitionRow.__table__)
 _D = cast(Table, DriftRow.__table__)
+_O = cast(Table, OutboxRow.__table__)
 
 
 def make_engine(url: str, *, sqlite_synchronous: str = "FULL") -> Engine:
@@ -167,8 +174,8 @@ class SqlInstanceStore:
 
     # ---- writes ----------------------------------------------------------------------
 
-    def insert(self, record: InstanceRecord, *, actor: str, reason: str | None = None
-               ) -> InstanceRecord:
+    def insert(self, record: InstanceRecord, *, actor: str, reason: str | None = None,
+               outbox: Sequence[tuple[str, dict[str, Any]]] = ()) -> InstanceRecord:
         """Insert a new row in its initial state with its launch history row."""
         _aware(record.created_at, record.updated_at, record.state_entered_at)
         values = _to_row(record)
@@ -179,6 +186,11 @@ class SqlInstanceStore:
                 event=Event.LAUNCH.value, kind=EdgeKind.COMMAND.value, actor=actor,
                 reason=reason, raw_status=None, version=record.version, at=record.created_at,
             ))
+            if outbox:
+                conn.execute(insert(_O), [
+                    {"instance_id": record.id, "url": url, "payload": payload,
+                     "created_at": record.created_at, "attempts": 0,
+                     "next_attempt_at": record.created_at} for url, payload in outbox])
         return record
 
     def transition(
@@ -195,8 +207,13 @@ class SqlInstanceStore:
         reason: str | None = None,
         raw_status: str | None = None,
         changes: Mapping[str, Any] | None = None,
+        outbox: Sequence[tuple[str, dict[str, Any]]] = (),
     ) -> InstanceRecord:
-        """Move the row and append history, atomically, if nobody moved it first."""
+        """Move the row and append history, atomically, if nobody moved it first.
+
+        ``outbox`` holds (url, payload) webhook messages committed in the same
+        transaction, so a transition is announced if and only if it happened.
+        """
         _aware(at)
         values = _checked(changes)
         values.update(state=to_state.value, version=expected_version + 1, updated_at=at)
@@ -220,6 +237,11 @@ class SqlInstanceStore:
                 event=event.value, kind=kind.value, actor=actor, reason=reason,
                 raw_status=raw_status, version=expected_version + 1, at=at,
             ))
+            if outbox:
+                conn.execute(insert(_O), [
+                    {"instance_id": instance_id, "url": url, "payload": payload,
+                     "created_at": at, "attempts": 0, "next_attempt_at": at}
+                    for url, payload in outbox])
         assert row is not None
         return _from_row(row)
 
@@ -304,6 +326,50 @@ class SqlInstanceStore:
             query = query.where(_I.c.id.in_(list(instance_ids)))
         with self._tx() as conn:
             return conn.execute(query.values(lease_owner=None, lease_expires_at=None)).rowcount
+
+    # ---- webhook outbox ------------------------------------------------------------------
+
+    def claim_outbox(self, *, now: datetime, hold: float, limit: int = 100
+                     ) -> list[OutboxMessage]:
+        """Take due messages for delivery, hiding them from other dispatchers for ``hold``.
+
+        The claim is a write (next attempt pushed ``hold`` seconds out) so two daemons
+        never post the same message at once; a dispatcher that dies mid-delivery only
+        delays it. Delivery stays at-least-once: receivers dedupe on the idempotency key.
+        """
+        _aware(now)
+        pick = (select(_O.c.seq).where(_O.c.delivered_at.is_(None),
+                                       _O.c.next_attempt_at.is_not(None),
+                                       _O.c.next_attempt_at <= now)
+                .order_by(_O.c.seq).limit(limit))
+        if not self._sqlite:
+            pick = pick.with_for_update(skip_locked=True)
+        with self._tx() as conn:
+            rows = conn.execute(
+                update(_O).where(_O.c.seq.in_(pick.scalar_subquery()))
+                .values(next_attempt_at=now + timedelta(seconds=hold))
+                .returning(*_O.c)).all()
+        return sorted((_outbox(r) for r in rows), key=lambda m: m.seq)
+
+    def outbox_done(self, seq: int, *, at: datetime) -> None:
+        with self._tx() as conn:
+            conn.execute(update(_O).where(_O.c.seq == seq).values(
+                delivered_at=at, next_attempt_at=None, attempts=_O.c.attempts + 1,
+                last_error=None))
+
+    def outbox_failed(self, seq: int, *, error: str, next_attempt_at: datetime | None) -> None:
+        """Record a failed attempt; ``next_attempt_at`` None gives up on the message."""
+        with self._tx() as conn:
+            conn.execute(update(_O).where(_O.c.seq == seq).values(
+                attempts=_O.c.attempts + 1, last_error=error[:2000],
+                next_attempt_at=next_attempt_at))
+
+    def outbox(self, instance_id: str | None = None) -> list[OutboxMessage]:
+        query = select(_O).order_by(_O.c.seq)
+        if instance_id is not None:
+            query = query.where(_O.c.instance_id == instance_id)
+        with self._tx() as conn:
+            return [_outbox(r) for r in conn.execute(query)]
 
     def get(self, instance_id: str) -> InstanceRecord:
         with self._tx() as conn:
@@ -405,4 +471,14 @@ def _from_row(row: Row[Any]) -> InstanceRecord:
         last_seen_at=m["last_seen_at"],
         previous_state=None if m["previous_state"] is None else InstanceState(m["previous_state"]),
         entered_by=Event(m["entered_by"]),
+    )
+
+
+def _outbox(row: Row[Any]) -> OutboxMessage:
+    m = row._mapping
+    return OutboxMessage(
+        seq=m["seq"], instance_id=m["instance_id"], url=m["url"], payload=m["payload"],
+        created_at=m["created_at"], attempts=m["attempts"],
+        next_attempt_at=m["next_attempt_at"], delivered_at=m["delivered_at"],
+        last_error=m["last_error"],
     )
