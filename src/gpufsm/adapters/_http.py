@@ -47,6 +47,7 @@ from gpufsm.errors import (
 )
 
 __all__ = [
+    "CallObserver",
     "CircuitBreaker",
     "ErrorMapper",
     "HttpSeam",
@@ -60,6 +61,10 @@ log = logging.getLogger("gpufsm.http")
 
 #: Provider-specific error mapping: return an error, or None to fall back on the status.
 ErrorMapper = Callable[[httpx.Response, str], "ProviderError | None"]
+
+#: Told of every HTTP attempt: (provider, op, outcome) where outcome is "ok" or the
+#: gpufsm error class name. Metrics hang off this; it must not raise.
+CallObserver = Callable[[str, str, str], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -237,6 +242,7 @@ class HttpSeam:
         self._rng = rng or random.Random()
         self.calls = 0  # HTTP requests actually sent, retries included
         self._count_lock = threading.Lock()
+        self.observers: list[CallObserver] = []
 
     def __repr__(self) -> str:  # never show headers: they hold the key
         return f"HttpSeam(provider={self.provider!r}, base_url={str(self._client.base_url)!r})"
@@ -293,16 +299,26 @@ class HttpSeam:
         except httpx.HTTPError as exc:
             error = self._translate_transport(exc, op)
             self.breaker.record_failure()
+            self._observe(op, type(error).__name__)
             raise error from exc
         if response.is_success:
             self.breaker.record_success()
+            self._observe(op, "ok")
             return response
         error = self._translate(response)
+        self._observe(op, type(error).__name__)
         if isinstance(error, TemporaryProviderError) and not isinstance(error, RateLimited):
             self.breaker.record_failure()
         else:
             self.breaker.record_success()  # the provider answered sensibly: it is up
         raise error
+
+    def _observe(self, op: str, outcome: str) -> None:
+        for observer in self.observers:
+            try:
+                observer(self.provider, op, outcome)
+            except Exception:  # metrics must never break a provider call
+                log.exception("call observer failed")
 
     def _translate_transport(self, exc: httpx.HTTPError, op: str) -> ProviderError:
         if isinstance(exc, httpx.ConnectTimeout | httpx.ConnectError):

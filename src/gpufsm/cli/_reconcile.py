@@ -15,7 +15,7 @@ from gpufsm.cli._providers import build_adapters
 from gpufsm.config import Settings
 from gpufsm.errors import ValidationError
 from gpufsm.fleet import Fleet
-from gpufsm.notify import Webhook, WebhookDispatcher
+from gpufsm.notify import Metrics, Webhook, WebhookDispatcher
 from gpufsm.reconcile import (
     OrphanPolicy,
     PassReport,
@@ -52,7 +52,7 @@ def print_report(report: PassReport, console: Console) -> None:
 
 def run_reconcile(*, once: bool, interval: float | None, providers: list[str] | None,
                   orphans: str, database_url: str | None, as_json: bool,
-                  console: Console) -> int:
+                  console: Console, metrics_port: int | None = None) -> int:
     settings = Settings()
     try:
         policy = OrphanPolicy(orphans)
@@ -72,10 +72,11 @@ def run_reconcile(*, once: bool, interval: float | None, providers: list[str] | 
     config = ReconcileConfig(orphans=policy, lease_ttl=max(120.0, 5 * every) if shared else None)
     reconciler = Reconciler(fleet, config, policies=[insufficient_credit_emergency()],
                             actor=actor, dispatcher=dispatcher)
+    metrics = _metrics(fleet, metrics_port) if metrics_port is not None else None
     try:
         with store.daemon_lock():
             return _run(reconciler, once=once, interval=every, as_json=as_json,
-                        console=console)
+                        console=console, metrics=metrics)
     finally:
         if dispatcher is not None:
             dispatcher.close()
@@ -86,10 +87,25 @@ def run_reconcile(*, once: bool, interval: float | None, providers: list[str] | 
         store.close()
 
 
+def _metrics(fleet: Fleet, port: int) -> Metrics:
+    """Hook metrics onto the engine's listener and every adapter's HTTP seam, and serve."""
+    metrics = Metrics()
+    fleet.subscribe(metrics.on_transition)
+    for adapter in fleet.adapters.values():
+        seam = getattr(adapter, "seam", None) or getattr(adapter, "http", None)
+        if seam is not None:
+            seam.observers.append(metrics.on_call)
+    metrics.serve(port)
+    log.info("metrics on http://127.0.0.1:%d/metrics", port)
+    return metrics
+
+
 def _run(reconciler: Reconciler, *, once: bool, interval: float, as_json: bool,
-         console: Console) -> int:
+         console: Console, metrics: Metrics | None = None) -> int:
     if once:
         report = reconciler.run_once()
+        if metrics is not None:
+            metrics.on_pass(report)
         if as_json:
             sys.stdout.write(json.dumps(report.to_dict(), indent=2) + "\n")
         else:
@@ -97,6 +113,8 @@ def _run(reconciler: Reconciler, *, once: bool, interval: float, as_json: bool,
         return 0 if report.ok else 1
 
     def show(report: PassReport) -> None:
+        if metrics is not None:
+            metrics.on_pass(report)
         log.info("pass done: changes=%d problems=%d duration=%.2fs",
                  len(report.changes), len(report.problems), report.duration)
         for c in report.changes:

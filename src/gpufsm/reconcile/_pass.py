@@ -82,6 +82,7 @@ class Reconciler:
 
     def run_once(self) -> PassReport:
         started = time.perf_counter()
+        calls_before = self._api_calls()
         report = PassReport(started_at=self.fleet.clock.now().isoformat())
         rows = [r for r in self.fleet.store.list(states=_WATCHED) if _needs_watching(r)]
         if self.config.lease_ttl is not None:
@@ -105,7 +106,16 @@ class Reconciler:
                 report.notes.append(f"webhooks: delivered {sent.delivered}, failed "
                                     f"{sent.failed}, given up {sent.given_up}")
         report.duration = time.perf_counter() - started
+        report.api_calls = self._api_calls() - calls_before
         return report
+
+    def _api_calls(self) -> int:
+        """HTTP requests sent so far by adapters that expose their seam (retries count)."""
+        total = 0
+        for adapter in self.fleet.adapters.values():
+            seam = getattr(adapter, "seam", None) or getattr(adapter, "http", None)
+            total += getattr(seam, "calls", 0)
+        return total
 
     def _provider_pass(self, provider: str, adapter: ProviderAdapter,
                        rows: list[InstanceRecord], report: PassReport) -> None:
