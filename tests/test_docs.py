@@ -28,3 +28,20 @@ def test_the_concepts_diagram_is_the_table() -> None:
     text = (DOCS / "concepts.md").read_text()
     (drawn,) = re.findall(r"```mermaid\n(.*?)```", text, re.S)
     assert drawn == to_mermaid(), "regenerate: gpufsm diagram > the block in docs/concepts.md"
+
+
+@pytest.mark.parametrize(("section", "module", "table"), [
+    ("Lambda Cloud", "lambda_cloud", "LAMBDA_STATUSES"),
+    ("Vast.ai", "vastai", "VAST_STATUSES"),
+    ("Novita", "novita", "NOVITA_STATUSES"),
+    ("RunPod", "runpod", "RUNPOD_STATUSES"),
+])
+def test_provider_status_tables_match_the_adapters(section: str, module: str, table: str
+                                                  ) -> None:
+    import importlib
+
+    mapping = getattr(importlib.import_module(f"gpufsm.adapters.{module}"), table)
+    text = (DOCS / "providers.md").read_text()
+    body = text.split(f"## {section}", 1)[1].split("\n## ", 1)[0]
+    documented = dict(re.findall(r"^\| (\S+) \| ([A-Z]+) \|$", body, re.M))
+    assert documented == {raw: state.value for raw, state in mapping.items()}
