@@ -23,5 +23,5 @@ def test_embedding_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     monkeypatch.chdir(tmp_path)
     exec(compile(code, "README.md", "exec"), {})
     out = capsys.readouterr().out
-    assert "InstanceState.RUNNING 10.0.0.1" in out or "RUNNING 10.0.0.1" in out
+    assert "InstanceState.RUNNING 127.0.0.1" in out or "RUNNING 127.0.0.1" in out
     assert "launch" in out and (tmp_path / "fleet.db").is_file()

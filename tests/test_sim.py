@@ -142,7 +142,7 @@ class TestBootTiming:
     def test_ids_and_ips_are_sequential(self, fclock):
         sim = SimulatedCloud("acme", clock=fclock)
         assert [sim.launch(request(f"t{i}")) for i in range(2)] == ["acme-000001", "acme-000002"]
-        assert sim.instance("acme-000002").ip == "10.0.0.2"
+        assert sim.instance("acme-000002").ip == "127.0.0.2"
         other = SimulatedCloud("acme", clock=fclock, id_prefix="i-")
         assert other.launch(request()) == "i-000001"
 
@@ -609,7 +609,7 @@ class TestView:
             assert view.raw_status == expect
             seen[expect] = (view.ip, view.ssh_port)
         assert seen == {"provisioning": (None, None), "booting": (None, None),
-                        "running": ("10.0.0.1", 22)}
+                        "running": ("127.0.0.1", 22)}
         sim.stop(pid)
         sim.settle()
         assert (sim.get(pid).ip, sim.get(pid).ssh_port) == (None, None)
@@ -624,7 +624,7 @@ class TestView:
         view = sim.get(pid)
         assert view == ProviderInstance(
             provider_instance_id=pid, raw_status="running", state=InstanceState.RUNNING,
-            tag="gpufsm-abc", name="gpufsm-abc/job-1", ip="10.0.0.1", region="us-east-1",
+            tag="gpufsm-abc", name="gpufsm-abc/job-1", ip="127.0.0.1", region="us-east-1",
             instance_type="gpu_1x_a10", price_per_hour=0.75, ssh_port=22)
         assert sim.list_instances() == [view]
 

@@ -243,7 +243,9 @@ class SimulatedCloud:
             instance_type=offer.name,
             region=region,
             price_per_hour=offer.price_per_hour,
-            ip=f"10.{(n >> 16) & 255}.{(n >> 8) & 255}.{n & 255}",
+            # 127.0.0.0/8 is all loopback: a probe or ssh aimed at a simulated instance
+            # can never leave the machine (a private range like 10/8 could).
+            ip=f"127.{(n >> 16) & 255}.{(n >> 8) & 255}.{n & 255}",
             created_at=self.clock.monotonic(),
             meta=dict(meta or {}),
         )
