@@ -25,7 +25,10 @@ import uuid
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from datetime import datetime
 from typing import Any
+
+from pydantic import ValidationError as PydanticValidationError
 
 from gpufsm.adapters import (
     LaunchRequest,
@@ -47,6 +50,7 @@ from gpufsm.errors import (
     WaitFailed,
     WaitTimeout,
 )
+from gpufsm.health import GateVerdict, HealthSpec, ProbeResult, gate_verdict, run_probes
 from gpufsm.machines import (
     TRANSITIONS,
     Capabilities,
@@ -568,11 +572,55 @@ class Fleet:
             return self._facts(record, facts)
         if seen.state is record.state or (grace and self._stale(record, seen.state)):
             return self._facts(record, facts)
+        if seen.state is S.RUNNING and record.state is not S.RUNNING:
+            gated = self._health_gate(record, seen, facts, actor)
+            if gated is not None:
+                return gated
         event = event_for_observed_state(seen.state)
         if seen.detail:
             facts["last_error"] = seen.detail
         return self._edge_or_drift(record, event, raw_status=seen.raw_status, facts=facts,
                                    reason=seen.detail, actor=actor)
+
+    def _health_gate(self, record: InstanceRecord, seen: ProviderInstance,
+                     facts: dict[str, Any], actor: str) -> InstanceRecord | None:
+        """Hold an instance the provider calls running until its probes pass.
+
+        Returns None to let ``observed_running`` through (no probes configured, or they
+        all passed: then the results ride along in ``facts``); otherwise the record after
+        recording a pending round (STARTING) or a failed gate (FAILED, billable).
+        """
+        spec = _health_spec(record)
+        if spec is None or spec.is_empty:
+            return None
+        now = self.clock.now()
+        gate = dict(record.health or {})
+        since = (datetime.fromisoformat(gate["running_since"]) if gate.get("running_since")
+                 else now)
+        if seen.ip is None:
+            results: list[ProbeResult] = []
+        else:
+            ports = tuple(seen.ssh_port if p == 22 and seen.ssh_port else p
+                          for p in spec.tcp_ports)
+            results = run_probes(seen.ip, spec.model_copy(update={"tcp_ports": ports}),
+                                 clock=self.clock)
+        verdict = gate_verdict(spec, results, running_since=since, now=now)
+        facts["health"] = {"running_since": since.isoformat(), "verdict": verdict.value,
+                           "results": [r.to_json() for r in results]}
+        if verdict is GateVerdict.PASSED:
+            return None
+        failing = ", ".join(f"{r.name}: {r.error_kind}" for r in results if not r.ok)
+        if verdict is GateVerdict.FAILED:
+            return self._edge_or_drift(
+                record, Event.OBSERVED_FAILED, raw_status=seen.raw_status, facts=facts,
+                reason=f"health gate failed after {spec.deadline:.0f}s: "
+                       f"{failing or 'no address'}", actor=actor)
+        if record.state is S.CREATED or record.state is S.STOPPED:
+            return self._edge_or_drift(
+                record, Event.OBSERVED_STARTING, raw_status=seen.raw_status, facts=facts,
+                reason=f"provider says running; waiting for probes ({failing or 'pending'})",
+                actor=actor)
+        return self._facts(record, facts)
 
     def _stale(self, record: InstanceRecord, seen: InstanceState) -> bool:
         """A reading of the state our own command just left, inside the grace window."""
@@ -620,3 +668,14 @@ class _Held:
     def __exit__(self, *exc: object) -> None:
         self._holder.lock.release()
 
+
+
+def _health_spec(record: InstanceRecord) -> HealthSpec | None:
+    raw = record.spec.get("health")
+    if not raw:
+        return None
+    try:
+        return HealthSpec.model_validate(raw)
+    except PydanticValidationError:
+        log.warning("instance %s has an unreadable health spec: gate skipped", record.id)
+        return None

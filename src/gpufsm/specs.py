@@ -13,6 +13,7 @@ import pydantic
 from pydantic import BaseModel, ConfigDict, Field
 
 from gpufsm.errors import ValidationError
+from gpufsm.health import HealthSpec
 
 __all__ = ["InstanceSpec", "parse_spec"]
 
@@ -40,6 +41,8 @@ class InstanceSpec(BaseModel):
     max_price_per_hour: float | None = Field(default=None, gt=0)
     options: dict[str, Any] = Field(default_factory=dict,
                                     description="provider-specific fields, passed through")
+    health: HealthSpec | None = Field(default=None, description=(
+        "probes that must pass before the instance counts as RUNNING"))
 
     @pydantic.field_validator("ports")
     @classmethod

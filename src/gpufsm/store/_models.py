@@ -84,6 +84,7 @@ class InstanceRow(Base):
     last_raw_status: Mapped[str | None] = mapped_column(String(64))
     last_error: Mapped[str | None] = mapped_column(Text)
     # Which daemon may act on this row until when (0002); never part of a record.
+    health: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # gate results (0004)
     lease_owner: Mapped[str | None] = mapped_column(String(128))
     lease_expires_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
 

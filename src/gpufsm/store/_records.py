@@ -19,7 +19,7 @@ __all__ = ["MUTABLE_FIELDS", "DriftRecord", "InstanceRecord", "OutboxMessage",
 #: Columns a write may change besides state and version. Anything else is a bug.
 MUTABLE_FIELDS = frozenset({
     "provider_instance_id", "billable", "ip", "region", "instance_type", "price_per_hour",
-    "last_raw_status", "last_error", "name", "last_seen_at",
+    "last_raw_status", "last_error", "name", "last_seen_at", "health",
 })
 
 
@@ -49,6 +49,8 @@ class InstanceRecord:
     last_seen_at: datetime | None = None
     previous_state: InstanceState | None = None  # the state before the current one
     entered_by: Event = Event.LAUNCH  # the event that entered the current state
+    #: the health gate: {"running_since", "verdict", "results": [probe results]}
+    health: dict[str, Any] | None = None
 
     def with_changes(self, **changes: Any) -> InstanceRecord:
         return replace(self, **changes)

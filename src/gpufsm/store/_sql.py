@@ -455,6 +455,7 @@ def _to_row(record: InstanceRecord) -> dict[str, Any]:
         "created_at": record.created_at, "updated_at": record.updated_at,
         "state_entered_at": record.state_entered_at, "last_seen_at": record.last_seen_at,
         "last_raw_status": record.last_raw_status, "last_error": record.last_error,
+        "health": record.health,
     }
 
 
@@ -471,6 +472,7 @@ def _from_row(row: Row[Any]) -> InstanceRecord:
         last_seen_at=m["last_seen_at"],
         previous_state=None if m["previous_state"] is None else InstanceState(m["previous_state"]),
         entered_by=Event(m["entered_by"]),
+        health=m["health"],
     )
 
 
