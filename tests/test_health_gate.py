@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import socket
-from collections.abc import Iterator
 
 import pytest
 
@@ -15,13 +14,13 @@ S = InstanceState
 
 
 @pytest.fixture
-def port() -> Iterator[int]:
+def port() -> int:
     """A free loopback port (nothing listens until a test opens it)."""
     probe = socket.socket()
     probe.bind(("127.0.0.1", 0))
-    free = probe.getsockname()[1]
+    free: int = probe.getsockname()[1]
     probe.close()
-    yield free
+    return free
 
 
 def listen(port: int) -> socket.socket:
