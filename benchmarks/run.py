@@ -1,0 +1,389 @@
+"""gpufsm's fleet-scale figures, each beside a baseline measured in the same run.
+
+    python benchmarks/run.py                 # full run, writes benchmarks/RESULTS.md
+    python benchmarks/run.py --quick         # smoke test (< 60 s), writes RESULTS-quick.md
+    python benchmarks/run.py --postgres URL  # also the PostgreSQL rows
+
+Why ratios: absolute numbers on a shared 2-core machine say more about the neighbours
+than about gpufsm. A ratio against the library or driver gpufsm is built on, measured in
+the same process minutes apart (throughput: in alternating rounds), says what gpufsm's
+own code costs. Memory and load are absolute targets and are printed as such.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from harness import Figure, Machine, Pair, Verdict, describe_machine, load_average
+from rich.console import Console
+from rich.table import Table
+
+HERE = Path(__file__).resolve().parent
+FULL_N = 100_000  # the fleet size the memory and load targets are stated for
+MB = 1_000_000
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """How much work each row does. Quick mode shrinks everything and extrapolates."""
+
+    engine_instances: int
+    engine_seconds: float
+    rounds: int
+    memory_gpufsm: int
+    memory_transitions: int
+    load_rows: int
+    load_runs: int
+    persist_instances: int
+    persist_seconds: float
+    batch: int
+
+
+FULL = Sizes(engine_instances=1000, engine_seconds=0.3, rounds=9,
+             memory_gpufsm=FULL_N, memory_transitions=10_000, load_rows=FULL_N, load_runs=3,
+             persist_instances=1000, persist_seconds=0.6, batch=500)
+QUICK = Sizes(engine_instances=200, engine_seconds=0.15, rounds=3,
+              memory_gpufsm=10_000, memory_transitions=1000, load_rows=10_000, load_runs=2,
+              persist_instances=200, persist_seconds=0.2, batch=100)
+
+NO_RECONCILER = "not measured: needs the reconciler (issue 4)"
+
+
+# ---- formatting ----------------------------------------------------------------------------
+
+
+def _rate(value: float) -> str:
+    if value >= 10_000:
+        return f"{value / 1000:,.1f} k/s"
+    return f"{value:,.0f} /s"
+
+
+def _bytes(value: float) -> str:
+    if value >= 1000 * MB:
+        return f"{value / (1000 * MB):.2f} GB"
+    return f"{value / MB:,.0f} MB"
+
+
+def _at_least(ratio: float, floor: float) -> Verdict:
+    return "PASS" if ratio >= floor else "FAIL"
+
+
+def _pair_figure(section: str, name: str, pair: Pair, baseline_name: str, floor: float,
+                 note: str = "") -> Figure:
+    spread = pair.spread
+    return Figure(
+        section=section, name=name, value=_rate(pair.subject_rate),
+        baseline_name=baseline_name, baseline=_rate(pair.baseline_rate),
+        ratio=f"{pair.ratio:.2f}x", target=f"≥ {floor:g}x",
+        verdict=_at_least(pair.ratio, floor),
+        note=f"{note}; {spread}" if note else spread,
+    )
+
+
+def _skipped(section: str, name: str, baseline_name: str, target: str, reason: str,
+             verdict: Verdict = "SKIP") -> Figure:
+    return Figure(section, name, reason, baseline_name, "—", "—", target, verdict)
+
+
+# ---- rows ----------------------------------------------------------------------------------
+
+
+def engine_rows(sizes: Sizes) -> list[Figure]:
+    from bench_engine import run_engine
+
+    section = "engine (in memory)"
+    name = "engine commands/s in memory (guard + callback)"
+    result = run_engine(instances=sizes.engine_instances, seconds=sizes.engine_seconds,
+                        rounds=sizes.rounds)
+    note = (f"check() with capability + policy guard; {result.instances} instances x "
+            "5-event cycle (3 guarded commands, 2 observations); events per CPU-second")
+    rows = [_pair_figure(section, name, result.vs_transitions,
+                         "raw transitions, shared Machine(model=None)", 0.7, note)]
+    if result.vs_statemachine is None:
+        rows.append(_skipped(section, "same", "python-statemachine, one machine per instance",
+                             "≥ 10x", result.statemachine_error or "not measured"))
+    else:
+        rows.append(_pair_figure(section, "same", result.vs_statemachine,
+                                 "python-statemachine, one machine per instance", 10.0))
+    return rows
+
+
+def memory_rows(sizes: Sizes, load_db: Path) -> list[Figure]:
+    from bench_memory import measure_gpufsm, measure_transitions
+
+    ours = measure_gpufsm(load_db)
+    theirs = measure_transitions(sizes.memory_transitions)
+    ours_full, theirs_full = ours.extrapolated(FULL_N), theirs.extrapolated(FULL_N)
+    scaled = ("" if ours.measured == FULL_N
+              else f" (measured at {ours.measured:,}, x{FULL_N // ours.measured})")
+    return [Figure(
+        section="memory",
+        name=f"memory for {FULL_N // 1000}k tracked instances",
+        value=_bytes(ours_full) + " RSS",
+        baseline_name=(f"transitions Machine per instance "
+                       f"({theirs.measured // 1000}k, x{FULL_N // theirs.measured})"),
+        baseline=_bytes(theirs_full),
+        ratio=f"{ours_full / theirs_full:.3f}x",
+        target="≤ 100 MB RSS",
+        verdict="PASS" if ours_full <= 100 * MB else "FAIL",
+        note=(f"InstanceRecords from store.list(), held by id, in a fresh process{scaled}: "
+              f"{ours.rss_delta / ours.measured:,.0f} B each; baseline machines carry no "
+              f"record data, {theirs.rss_delta / theirs.measured:,.0f} B each"),
+    )]
+
+
+def load_rows(sizes: Sizes, load_db: Path) -> list[Figure]:
+    from bench_store import run_load
+
+    result = run_load(load_db, rows=sizes.load_rows, runs=sizes.load_runs)
+    factor = FULL_N / result.rows
+    cpu, wall = result.cpu_seconds * factor, result.wall_seconds * factor
+    raw = result.raw_cpu_seconds * factor
+    scaled = "" if factor == 1 else f" (measured at {result.rows:,}, x{factor:g})"
+    return [Figure(
+        section="load",
+        name=f"load {FULL_N // 1000}k rows from SQLite into the engine",
+        value=f"{cpu:.2f} s CPU",
+        baseline_name="—", baseline="—", ratio="—", target="≤ 1 s",
+        verdict="PASS" if cpu <= 1.0 else "FAIL",
+        note=(f"SqlInstanceStore.list() → InstanceRecords, median of {result.runs}{scaled}; "
+              f"CPU time (the file is in the page cache), wall time {wall:.2f} s; for scale, "
+              f"the same SELECT through sqlite3 fetchall(): {raw:.2f} s CPU"),
+    )]
+
+
+def persist_rows(section: str, backend: str, run: Callable[[], object] | None,
+                 reason: str | None, raw: str, batch: int) -> list[Figure]:
+    from bench_store import PersistResult
+
+    one_name = f"persisted transitions/s, one transaction each (state + history), {backend}"
+    many_name = f"persisted transitions/s, batched reconcile writes, {backend}"
+    many_base = f"{raw} executemany, {batch} rows per transaction"
+    if run is None:
+        return [
+            _skipped(section, one_name, f"{raw} UPDATE+INSERT per transaction", "≥ 0.25x",
+                     reason or "skipped"),
+            _skipped(section, many_name, many_base, "≥ 0.25x", reason or "skipped"),
+        ]
+    result = run()
+    assert isinstance(result, PersistResult)
+    return [
+        _pair_figure(section, one_name, result.one_by_one,
+                     f"{raw} UPDATE … RETURNING + INSERT per transaction", 0.25,
+                     "SqlInstanceStore.transition()"),
+        _pair_figure(section, many_name, result.batched, many_base, 0.25,
+                     "the store has no batch API: measured is what exists, "
+                     "SqlInstanceStore.transition() one transaction per row"),
+    ]
+
+
+def reconcile_rows() -> list[Figure]:
+    section = "reconcile"
+    return [
+        _skipped(section, "reconcile pass rows/s (sync + step)", "—", "—", NO_RECONCILER,
+                 "N/A"),
+        _skipped(section, "3 daemons sharing one PostgreSQL (leases, no double action)",
+                 "—", "—", NO_RECONCILER, "N/A"),
+    ]
+
+
+# ---- report --------------------------------------------------------------------------------
+
+_COLUMNS = ("#", "figure", "gpufsm", "baseline (same run)", "baseline", "ratio", "target",
+            "result")
+
+
+def _cells(i: int, f: Figure) -> tuple[str, ...]:
+    return (str(i), f.name, f.value, f.baseline_name, f.baseline, f.ratio, f.target, f.verdict)
+
+
+def print_table(console: Console, figures: Sequence[Figure], title: str) -> None:
+    table = Table(title=title)
+    for col in _COLUMNS:
+        table.add_column(col, overflow="fold",
+                         justify="right" if col in ("gpufsm", "baseline", "ratio") else "left")
+    style = {"PASS": "green", "FAIL": "bold red", "SKIP": "yellow", "N/A": "dim"}
+    for i, f in enumerate(figures, 1):
+        cells = list(_cells(i, f))
+        cells[-1] = f"[{style[f.verdict]}]{f.verdict}[/]"
+        last = i == len(figures) or figures[i].section != f.section
+        table.add_row(*cells, end_section=last)
+    console.print(table)
+    for i, f in enumerate(figures, 1):
+        if f.note:
+            console.print(f"  [dim]{i}. {f.note}[/]")
+
+
+def _md_escape(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def markdown(figures: Sequence[Figure], machine: Machine, *, mode: str, argv: Sequence[str],
+             seconds: float) -> str:
+    lines = [
+        "# gpufsm benchmark results",
+        "",
+        f"Generated by `python benchmarks/{' '.join(shlex.quote(a) for a in argv)}` "
+        f"({mode} run) on {machine.date}; the run took {seconds:.0f} s.",
+        "Every ratio is against a baseline measured in the same process in the same run",
+        "(throughput: alternating rounds, median of per-round ratios). See README.md.",
+        "",
+        "## Machine",
+        "",
+        f"- CPU: {machine.cpu}, {machine.cores} cores",
+        f"- RAM: {machine.ram_gb:.1f} GiB",
+        f"- Python: {machine.python} on {machine.platform}",
+        "- Load average (1/5/15 min) before: "
+        + " / ".join(f"{x:.2f}" for x in machine.load_before)
+        + ", after: " + " / ".join(f"{x:.2f}" for x in machine.load_after),
+        "- Packages: " + ", ".join(f"{k} {v}" for k, v in machine.packages.items()),
+        "",
+        "## Results",
+        "",
+        "| " + " | ".join(_COLUMNS) + " |",
+        "|" + "---|" * len(_COLUMNS),
+    ]
+    for i, f in enumerate(figures, 1):
+        lines.append("| " + " | ".join(_md_escape(c) for c in _cells(i, f)) + " |")
+    lines += ["", "## Notes", ""]
+    lines += [f"{i}. {_md_escape(f.note)}" for i, f in enumerate(figures, 1) if f.note]
+    return "\n".join(lines) + "\n"
+
+
+# ---- main ----------------------------------------------------------------------------------
+
+
+def _postgres(url: str | None) -> tuple[str | None, str | None]:
+    """The URL to use, or why the PostgreSQL rows are skipped."""
+    if not url:
+        return None, "skipped: no --postgres URL and GPUFSM_TEST_POSTGRES is not set"
+    try:
+        import psycopg  # noqa: F401
+    except ImportError:
+        return None, "skipped: psycopg is not installed (pip install gpufsm[postgres])"
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("select 1"))
+    except Exception as exc:  # any failure to reach it is a reason to skip, shown as such
+        return None, f"skipped: cannot reach PostgreSQL ({type(exc).__name__})"
+    finally:
+        engine.dispose()
+    return url, None
+
+
+def _redacted(argv: Sequence[str]) -> list[str]:
+    """The command line as typed, with any database password hidden."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    out = []
+    for arg in argv:
+        try:
+            out.append(make_url(arg).render_as_string(hide_password=True) if "://" in arg
+                       else arg)
+        except ArgumentError:
+            out.append(arg)
+    return out
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="benchmarks/run.py",
+        description="gpufsm's fleet-scale figures beside same-run baselines.")
+    parser.add_argument("--quick", action="store_true",
+                        help="smaller sizes, extrapolated to 100k where a target needs it "
+                             "(a smoke test, < 60 s)")
+    parser.add_argument("--postgres", metavar="URL",
+                        default=os.environ.get("GPUFSM_TEST_POSTGRES"),
+                        help="SQLAlchemy URL of a PostgreSQL server (default: "
+                             "$GPUFSM_TEST_POSTGRES); a fresh schema is made and dropped")
+    parser.add_argument("--output", type=Path, default=None,
+                        help="where to write the Markdown table (default: RESULTS.md, "
+                             "or RESULTS-quick.md with --quick, beside this script)")
+    parser.add_argument("--tmpdir", type=Path, default=None,
+                        help="where the SQLite files go (default: the system temp dir); "
+                             "must be a real disk, or fsync-bound figures mean nothing")
+    parser.add_argument("--strict", action="store_true",
+                        help="exit 1 when a target is missed (default: report and exit 0)")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    sizes = QUICK if args.quick else FULL
+    mode = "quick" if args.quick else "full"
+    output: Path = args.output or HERE / ("RESULTS-quick.md" if args.quick else "RESULTS.md")
+    # a log or a pipe gets a wide table rather than rich's 80-column default
+    console = Console() if sys.stdout.isatty() else Console(width=200)
+    machine = describe_machine()
+    pg_url, pg_reason = _postgres(args.postgres)
+    started = time.perf_counter()
+
+    figures: list[Figure] = []
+
+    def step(label: str, rows: Callable[[], list[Figure]]) -> None:
+        t = time.perf_counter()
+        with console.status(f"{label} …"):
+            figures.extend(rows())
+        console.print(f"[dim]{label}: {time.perf_counter() - t:.1f} s[/]")
+
+    from bench_store import make_records, run_persist_postgres, run_persist_sqlite, seed
+
+    from gpufsm.store import SqlInstanceStore
+
+    with tempfile.TemporaryDirectory(prefix="gpufsm-bench-", dir=args.tmpdir) as tmp:
+        work = Path(tmp)
+        load_db = work / "load.db"
+
+        def seed_load() -> list[Figure]:
+            store = SqlInstanceStore(f"sqlite:///{load_db}")
+            try:
+                seed(store, make_records(max(sizes.load_rows, sizes.memory_gpufsm)))
+            finally:
+                store.close()
+            return []
+
+        step("engine: check() vs transitions vs python-statemachine",
+             lambda: engine_rows(sizes))
+        step(f"seeding {max(sizes.load_rows, sizes.memory_gpufsm):,} rows", seed_load)
+        step("memory (child processes)", lambda: memory_rows(sizes, load_db))
+        step("load from SQLite", lambda: load_rows(sizes, load_db))
+        step("persisted transitions, SQLite", lambda: persist_rows(
+            "persisted (SQLite)", "SQLite", lambda: run_persist_sqlite(
+                work / "persist.db", instances=sizes.persist_instances, batch=sizes.batch,
+                seconds=sizes.persist_seconds, rounds=sizes.rounds),
+            None, "raw sqlite3", sizes.batch))
+        pg_run = None if pg_url is None else (lambda: run_persist_postgres(
+            pg_url, instances=sizes.persist_instances, batch=sizes.batch,
+            seconds=sizes.persist_seconds, rounds=sizes.rounds))
+        step("persisted transitions, PostgreSQL", lambda: persist_rows(
+            "persisted (PostgreSQL)", "PostgreSQL (loopback)", pg_run, pg_reason,
+            "raw psycopg", sizes.batch))
+        figures.extend(reconcile_rows())
+
+    took = time.perf_counter() - started
+    machine = replace(machine, load_after=load_average())
+    title = f"gpufsm benchmarks ({mode}) — {machine.cpu}, {machine.cores} cores, {machine.date}"
+    print_table(console, figures, title)
+    shown = ["run.py", *_redacted(sys.argv[1:] if argv is None else argv)]
+    output.write_text(markdown(figures, machine, mode=mode, argv=shown, seconds=took),
+                      encoding="utf-8")
+    console.print(f"wrote {output} — whole run {took:.0f} s; load average before "
+                  f"{machine.load_before[0]:.2f}, after {machine.load_after[0]:.2f}")
+    missed = [f for f in figures if f.verdict == "FAIL"]
+    return 1 if args.strict and missed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
