@@ -981,7 +981,7 @@ def test_the_key_never_leaks(make_adapter: Callable[..., LambdaCloudAdapter],
     for name in ("httpx", "httpcore", "gpufsm"):
         caplog.set_level(logging.DEBUG, logger=name)
     adapter = make_adapter()
-    texts = [repr(adapter), repr(adapter.http), str(vars(adapter))]
+    texts = [repr(adapter), repr(adapter.seam), str(vars(adapter))]
     pid = adapter.launch(launch_request())
     server.inject(HttpFault("429", retry_after=1))
     server.inject(HttpFault("5xx"))

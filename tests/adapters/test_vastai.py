@@ -884,7 +884,7 @@ def test_spec_errors_name_the_field(env: Env, kw: dict[str, Any], field: str) ->
     with pytest.raises(ValidationError) as caught:
         env.adapter.launch(request_for(spec(**kw)))
     assert caught.value.field == field
-    assert env.adapter.http_calls == 0
+    assert env.adapter.seam.calls == 0
 
 
 def test_rules_pydantic_would_already_catch_are_checked_too(env: Env) -> None:
@@ -900,7 +900,7 @@ def test_instance_ids_must_be_integers(env: Env) -> None:
         with pytest.raises(ValidationError) as caught:
             call("sim-000001")
         assert caught.value.field == "provider_instance_id"
-    assert env.adapter.http_calls == 0
+    assert env.adapter.seam.calls == 0
 
 
 # ---- secrets, registry, configuration -----------------------------------------------------

@@ -66,6 +66,7 @@ class ProviderInstance:
     """One instance as the provider reports it, with the raw status already mapped.
 
     ``state`` is None when the raw status is one the adapter has never seen: UNKNOWN.
+    SSH goes to ``ssh_host:ssh_port``, or to ``ip:ssh_port`` when ``ssh_host`` is None.
     """
 
     provider_instance_id: str
@@ -79,6 +80,7 @@ class ProviderInstance:
     price_per_hour: float | None = None
     ssh_port: int | None = None
     detail: str | None = None  # provider's failure text, e.g. Novita statusError.message
+    ssh_host: str | None = None  # when SSH is not on ``ip``, e.g. Vast's proxy sshN.vast.ai
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,7 +3,8 @@
 This room translates between gpufsm's provider-neutral contract and Lambda's API:
 the raw-status table, the error-code table, the launch body (with our ownership tag in
 Lambda's native ``tags`` *and* in the name), and the pydantic models of the payloads.
-All HTTP goes through :class:`gpufsm.adapters.HttpSeam`.
+All HTTP goes through :class:`gpufsm.adapters.HttpSeam`; the account plumbing (key, seam,
+close, repr) is :class:`gpufsm.adapters._base.HttpAdapter`'s.
 
 Lambda facts that shape it (see tests/fixtures/provider-api/lambda/NOTES.md):
 
@@ -22,13 +23,14 @@ import re
 import urllib.parse
 from collections.abc import Mapping, Sequence
 from types import MappingProxyType
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 import pydantic
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
-from gpufsm.adapters._http import HttpSeam, RateLimit, RetryPolicy
+from gpufsm.adapters._base import AdapterProfile, HttpAdapter, scrub
+from gpufsm.adapters._http import RateLimit, RetryPolicy
 from gpufsm.adapters._protocol import (
     TAG_PREFIX,
     InstanceTypeOffer,
@@ -36,8 +38,6 @@ from gpufsm.adapters._protocol import (
     ProviderInstance,
     tag_from_name,
 )
-from gpufsm.clock import Clock
-from gpufsm.config import Settings
 from gpufsm.errors import (
     AuthError,
     InsufficientCapacity,
@@ -277,23 +277,22 @@ class LambdaErrorEnvelope(_Model):
     field_errors: dict[str, Any] | None = None  # 1.4.0 only
 
 
-_M = TypeVar("_M", bound=BaseModel)
-
-
 # ---- mapping ---------------------------------------------------------------------------
 
 
-def map_lambda_error(response: httpx.Response, provider: str) -> ProviderError | None:
+def map_lambda_error(response: httpx.Response, provider: str, *,
+                     secret: SecretStr | None = None) -> ProviderError | None:
     """Lambda's error envelope → a gpufsm error, keyed on ``code`` only.
 
     None (the seam then maps by HTTP status) for 429 and 5xx, whose meaning is the
     status itself whatever the body says, and for bodies without a known code.
+    ``secret`` (the API key) is masked in the body before any of its text is kept.
     """
     status = response.status_code
     if status == 429 or status >= 500:
         return None
     try:
-        envelope = LambdaErrorEnvelope.model_validate_json(response.content)
+        envelope = LambdaErrorEnvelope.model_validate_json(scrub(response.text, secret))
     except pydantic.ValidationError:
         return None
     code = envelope.error.code
@@ -354,60 +353,16 @@ def to_provider_instance(inst: LambdaInstance) -> ProviderInstance:
 # ---- the adapter -----------------------------------------------------------------------
 
 
-class LambdaCloudAdapter:
+class LambdaCloudAdapter(HttpAdapter):
     """One Lambda Cloud account. See ``gpufsm.adapters.ProviderAdapter`` for the contract."""
 
-    def __init__(
-        self,
-        api_key: SecretStr | str | None = None,
-        *,
-        base_url: str = DEFAULT_BASE_URL,
-        transport: httpx.BaseTransport | None = None,
-        client: httpx.Client | None = None,
-        timeout: float = 30.0,
-        rate_limits: Mapping[str, RateLimit] | None = None,
-        retry: RetryPolicy | None = None,
-        clock: Clock | None = None,
-    ) -> None:
-        key = _resolve_key(api_key)
-        self._base_url = base_url.rstrip("/")
-        self._http = HttpSeam(
-            provider=PROVIDER,
-            base_url=self._base_url,
-            api_key=key,
-            error_mapper=map_lambda_error,
-            client=client,
-            transport=transport,
-            timeout=timeout,
-            rate_limits=LAMBDA_RATE_LIMITS if rate_limits is None else rate_limits,
-            retry=retry or LAMBDA_RETRY,
-            clock=clock,
-        )
-
-    def __repr__(self) -> str:
-        return f"LambdaCloudAdapter(base_url={self._base_url!r})"
-
-    def close(self) -> None:
-        self._http.close()
-
-    def __enter__(self) -> LambdaCloudAdapter:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    @property
-    def name(self) -> str:
-        return PROVIDER
-
-    @property
-    def capabilities(self) -> Capabilities:
-        return Capabilities(stop=False, restart=True, tags=True)
-
-    @property
-    def http(self) -> HttpSeam:
-        """The seam, for its call count and breaker (tests, metrics)."""
-        return self._http
+    profile = AdapterProfile(
+        name=PROVIDER, base_url=DEFAULT_BASE_URL, api_key_env=API_KEY_ENV,
+        capabilities=Capabilities(stop=False, restart=True, tags=True),
+        error_mapper=map_lambda_error, rate_limits=LAMBDA_RATE_LIMITS, retry=LAMBDA_RETRY,
+        # A client passed in is handed over for good: close() closes it too, which is
+        # what this adapter's callers have always relied on.
+        closes_given_client=True)
 
     # ---- validation ----------------------------------------------------------------
 
@@ -455,9 +410,9 @@ class LambdaCloudAdapter:
         """
         self.validate(request.spec)
         body = self.launch_body(request)
-        response = self._http.request("POST", f"{API_PREFIX}/instance-operations/launch",
+        response = self._seam.request("POST", f"{API_PREFIX}/instance-operations/launch",
                                       op="launch", idempotent=False, json=body)
-        ids = _parse(response, LambdaLaunchEnvelope, "launch").data.instance_ids
+        ids = self._parse(response, LambdaLaunchEnvelope, "launch").data.instance_ids
         if not ids:
             raise ProviderUnavailable("launch answered 200 without an instance id; "
                                       "the reconciler will look for the tag",
@@ -498,18 +453,18 @@ class LambdaCloudAdapter:
 
     def get(self, provider_instance_id: str) -> ProviderInstance | None:
         try:
-            response = self._http.request("GET", self._instance_path(provider_instance_id),
+            response = self._seam.request("GET", self._instance_path(provider_instance_id),
                                           op="get", idempotent=True)
         except ProviderNotFound as exc:
             _require_confirmed(exc)
             return None
-        return to_provider_instance(_parse(response, LambdaInstanceEnvelope, "get").data)
+        return to_provider_instance(self._parse(response, LambdaInstanceEnvelope, "get").data)
 
     def list_instances(self) -> Sequence[ProviderInstance]:
         """The whole account in one call (no pagination), or an error: never partial."""
-        response = self._http.request("GET", f"{API_PREFIX}/instances", op="list",
+        response = self._seam.request("GET", f"{API_PREFIX}/instances", op="list",
                                       idempotent=True)
-        data = _parse(response, LambdaInstanceListEnvelope, "list").data
+        data = self._parse(response, LambdaInstanceListEnvelope, "list").data
         return [to_provider_instance(inst) for inst in data]
 
     def start(self, provider_instance_id: str) -> None:
@@ -523,14 +478,14 @@ class LambdaCloudAdapter:
     def restart(self, provider_instance_id: str) -> None:
         """Not retried after an unclear failure: a restart that did happen makes the
         retry fail (the instance is booting), which would report a success as refused."""
-        self._http.request("POST", f"{API_PREFIX}/instance-operations/restart",
+        self._seam.request("POST", f"{API_PREFIX}/instance-operations/restart",
                            op="restart", idempotent=False,
                            json={"instance_ids": [provider_instance_id]})
 
     def terminate(self, provider_instance_id: str) -> None:
         """Idempotent: Lambda's not-found for the instance means it is already gone."""
         try:
-            self._http.request("POST", f"{API_PREFIX}/instance-operations/terminate",
+            self._seam.request("POST", f"{API_PREFIX}/instance-operations/terminate",
                                op="terminate", idempotent=True,
                                json={"instance_ids": [provider_instance_id]})
         except ProviderNotFound as exc:
@@ -540,14 +495,14 @@ class LambdaCloudAdapter:
         """Set the instance's name. Ownership survives: it is read from tags first."""
         if len(name) > _NAME_MAX:
             raise ValidationError("name", f"at most {_NAME_MAX} characters", value=name)
-        response = self._http.request("POST", self._instance_path(provider_instance_id),
+        response = self._seam.request("POST", self._instance_path(provider_instance_id),
                                       op="rename", idempotent=True, json={"name": name})
-        return to_provider_instance(_parse(response, LambdaInstanceEnvelope, "rename").data)
+        return to_provider_instance(self._parse(response, LambdaInstanceEnvelope, "rename").data)
 
     def instance_types(self) -> Sequence[InstanceTypeOffer]:
-        response = self._http.request("GET", f"{API_PREFIX}/instance-types",
+        response = self._seam.request("GET", f"{API_PREFIX}/instance-types",
                                       op="instance_types", idempotent=True)
-        items = _parse(response, LambdaInstanceTypesEnvelope, "instance_types").data
+        items = self._parse(response, LambdaInstanceTypesEnvelope, "instance_types").data
         offers = []
         for key, item in items.items():
             itype = item.instance_type
@@ -574,16 +529,6 @@ class LambdaCloudAdapter:
 # ---- helpers ---------------------------------------------------------------------------
 
 
-def _resolve_key(api_key: SecretStr | str | None) -> SecretStr:
-    if api_key is None:
-        api_key = Settings().lambda_api_key
-    if isinstance(api_key, str):
-        api_key = SecretStr(api_key)
-    if api_key is None or not api_key.get_secret_value():
-        raise ValidationError(API_KEY_ENV, "not set: export it or put it in .env")
-    return api_key
-
-
 def _require_confirmed(exc: ProviderNotFound) -> None:
     """A 404 is "gone" only with Lambda's own code; a bare one (a proxy, a wrong base
     URL) proves nothing, and reading it as absence would stop us watching a billing VM."""
@@ -591,19 +536,6 @@ def _require_confirmed(exc: ProviderNotFound) -> None:
         raise ProviderUnavailable(
             "HTTP 404 without Lambda's error envelope: wrong base_url or a proxy in the way",
             provider=PROVIDER, status_code=exc.status_code, request_id=exc.request_id,
-        ) from exc
-
-
-def _parse(response: httpx.Response, model: type[_M], op: str) -> _M:
-    """A 2xx body we cannot read is an unknown outcome, never an empty answer."""
-    try:
-        return model.model_validate_json(response.content)
-    except pydantic.ValidationError as exc:
-        first = exc.errors()[0] if exc.error_count() else {"loc": (), "msg": "?"}
-        where = ".".join(str(p) for p in first["loc"]) or "body"
-        raise ProviderUnavailable(
-            f"{op}: unreadable {response.status_code} response ({where}: {first['msg']})",
-            provider=PROVIDER, status_code=response.status_code,
         ) from exc
 
 

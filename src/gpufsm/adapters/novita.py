@@ -23,16 +23,18 @@ Decisions the notes leave open, made here once:
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 from types import MappingProxyType
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, Unpack
 
 import httpx
 import pydantic
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
-from gpufsm.adapters._http import HttpSeam, RateLimit, RetryPolicy
+from gpufsm.adapters._base import AdapterProfile, HttpAdapter, HttpAdapterOptions, scrub
+from gpufsm.adapters._http import RateLimit
 from gpufsm.adapters._novita_models import (
     CreateInstanceRequest,
     CreateInstanceResponse,
@@ -50,8 +52,6 @@ from gpufsm.adapters._protocol import (
     ProviderInstance,
     tag_from_name,
 )
-from gpufsm.clock import Clock
-from gpufsm.config import Settings
 from gpufsm.errors import (
     AuthError,
     InsufficientCapacity,
@@ -211,12 +211,16 @@ def novita_error_class(reason: str) -> type[ProviderError] | None:
     return None
 
 
-def map_novita_error(response: httpx.Response, provider: str) -> ProviderError | None:
-    """The seam's mapper: read ``reason``; None lets the seam map by HTTP status."""
+def map_novita_error(response: httpx.Response, provider: str, *,
+                     secret: SecretStr | None = None) -> ProviderError | None:
+    """The seam's mapper: read ``reason``; None lets the seam map by HTTP status.
+
+    ``secret`` (the API key) is masked in the body before any of its text is kept.
+    """
     status = response.status_code
     body: ErrorBody | None = None
     try:
-        body = ErrorBody.model_validate(response.json())
+        body = ErrorBody.model_validate(json.loads(scrub(response.text, secret)))
     except (ValueError, pydantic.ValidationError):
         body = None
     reason = (body.reason or "").strip() if body else ""
@@ -325,68 +329,23 @@ def _endpoint_host_port(endpoint: str | None) -> tuple[str | None, int | None]:
     return host or None, int(port) if port.isdigit() else None
 
 
-_M = TypeVar("_M", bound=BaseModel)
+class NovitaAdapter(HttpAdapter):
+    """One Novita account. Thread-safe as far as the HTTP seam is.
 
+    ``page_size`` is how many instances one listing page asks for.
+    """
 
-class NovitaAdapter:
-    """One Novita account. Thread-safe as far as the HTTP seam is."""
+    profile = AdapterProfile(
+        name=PROVIDER, base_url=DEFAULT_BASE_URL, api_key_env="NOVITA_API_KEY",
+        capabilities=Capabilities(stop=True, restart=True, tags=False),
+        error_mapper=map_novita_error, rate_limits=DEFAULT_RATE_LIMITS)
 
-    def __init__(
-        self,
-        api_key: SecretStr | str | None = None,
-        *,
-        base_url: str = DEFAULT_BASE_URL,
-        transport: httpx.BaseTransport | None = None,
-        client: httpx.Client | None = None,
-        timeout: float = 30.0,
-        rate_limits: Mapping[str, RateLimit] | None = None,
-        retry: RetryPolicy | None = None,
-        clock: Clock | None = None,
-        page_size: int = PAGE_SIZE,
-    ) -> None:
+    def __init__(self, api_key: SecretStr | str | None = None, *, page_size: int = PAGE_SIZE,
+                 **options: Unpack[HttpAdapterOptions]) -> None:
         if page_size < 1:
             raise ValueError("page_size must be >= 1")
-        self._base_url = base_url.rstrip("/")
         self._page_size = page_size
-        self._owns_client = client is None
-        self._seam = HttpSeam(
-            provider=PROVIDER,
-            base_url=self._base_url,
-            api_key=_resolve_key(api_key),
-            error_mapper=map_novita_error,
-            client=client,
-            transport=transport,
-            timeout=timeout,
-            rate_limits=DEFAULT_RATE_LIMITS if rate_limits is None else rate_limits,
-            retry=retry,
-            clock=clock,
-        )
-
-    def __repr__(self) -> str:  # the key lives in the seam's headers, never here
-        return f"NovitaAdapter(base_url={self._base_url!r})"
-
-    def close(self) -> None:
-        if self._owns_client:
-            self._seam.close()
-
-    def __enter__(self) -> NovitaAdapter:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    @property
-    def name(self) -> str:
-        return PROVIDER
-
-    @property
-    def capabilities(self) -> Capabilities:
-        return Capabilities(stop=True, restart=True, tags=False)
-
-    @property
-    def seam(self) -> HttpSeam:
-        """The HTTP seam (call counts, breaker) for callers that watch it."""
-        return self._seam
+        super().__init__(api_key, **options)
 
     # ---- validate ---------------------------------------------------------------------
 
@@ -447,7 +406,7 @@ class NovitaAdapter:
             raise InvalidRequest(f"create refused: {exc}", provider=PROVIDER, code=exc.code,
                                  status_code=exc.status_code,
                                  request_id=exc.request_id) from exc
-        return self._parse(CreateInstanceResponse, response, "launch").id
+        return self._parse(response, CreateInstanceResponse, "launch").id
 
     def _resolve_product(self, spec: InstanceSpec, opts: NovitaOptions) -> ProductPayload:
         """The product to create from: ``options.productId`` as given, else the cheapest
@@ -540,7 +499,7 @@ class NovitaAdapter:
                                           params={"instanceId": provider_instance_id})
         except ProviderNotFound:
             return None
-        return self._to_instance(self._parse(InstancePayload, response, "get"))
+        return self._to_instance(self._parse(response, InstancePayload, "get"))
 
     def list_instances(self) -> Sequence[ProviderInstance]:
         """All pages, or raise. A page count that disagrees with ``total`` (instances
@@ -553,7 +512,7 @@ class NovitaAdapter:
             response = self._seam.request(
                 "GET", f"{API_PREFIX}/gpu/instances", op="list", idempotent=True,
                 params={"pageSize": self._page_size, "pageNum": page})
-            listing = self._parse(ListInstancesResponse, response, "list")
+            listing = self._parse(response, ListInstancesResponse, "list")
             items = listing.instances or []
             if listing.total is not None:
                 total = listing.total
@@ -586,7 +545,7 @@ class NovitaAdapter:
     def _products(self, params: Mapping[str, Any]) -> list[ProductPayload]:
         response = self._seam.request("GET", f"{API_PREFIX}/products", op="products",
                                       idempotent=True, params=params)
-        return self._parse(ListProductsResponse, response, "products").data or []
+        return self._parse(response, ListProductsResponse, "products").data or []
 
     # ---- act --------------------------------------------------------------------------
 
@@ -613,15 +572,6 @@ class NovitaAdapter:
                            idempotent=idempotent, json={"instanceId": provider_instance_id})
 
     # ---- translation --------------------------------------------------------------------
-
-    def _parse(self, model: type[_M], response: httpx.Response, op: str) -> _M:
-        """A 2xx we cannot read is UNKNOWN (temporary), never an empty answer."""
-        try:
-            return model.model_validate(response.json())
-        except (ValueError, pydantic.ValidationError) as exc:
-            raise ProviderUnavailable(
-                f"{op}: unreadable response ({type(exc).__name__})", provider=PROVIDER,
-                status_code=response.status_code) from exc
 
     def _to_instance(self, item: InstancePayload) -> ProviderInstance:
         raw = item.status
@@ -700,12 +650,3 @@ def _offer(product: ProductPayload) -> InstanceTypeOffer:
         },
     )
 
-
-def _resolve_key(api_key: SecretStr | str | None) -> SecretStr:
-    if api_key is None:
-        api_key = Settings().novita_api_key
-    if isinstance(api_key, str):
-        api_key = SecretStr(api_key)
-    if api_key is None or not api_key.get_secret_value().strip():
-        raise ValidationError("NOVITA_API_KEY", "not set: export it or put it in .env")
-    return api_key

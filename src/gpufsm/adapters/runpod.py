@@ -65,17 +65,16 @@ from typing import Any
 from urllib.parse import quote
 
 import httpx
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
-from pydantic import ValidationError as PydanticValidationError
+from pydantic import BaseModel, ConfigDict, Field, RootModel, SecretStr, field_validator
 
-from gpufsm.adapters._http import HttpSeam, RateLimit, RetryPolicy, parse_retry_after
+from gpufsm.adapters._base import AdapterProfile, HttpAdapter, scrub
+from gpufsm.adapters._http import RateLimit, parse_retry_after
 from gpufsm.adapters._protocol import (
     InstanceTypeOffer,
     LaunchRequest,
     ProviderInstance,
     tag_from_name,
 )
-from gpufsm.clock import Clock
 from gpufsm.errors import (
     AuthError,
     InsufficientCapacity,
@@ -106,7 +105,6 @@ PROVIDER = "runpod"
 DEFAULT_BASE_URL = "https://rest.runpod.io"
 V2_BASE_URL = "https://api.runpod.io"
 _V1 = "/v1"
-_KEY_ENV = "RUNPOD_API_KEY"
 
 #: Every raw status this adapter can report, v1 composites and the v2 PodStatus words.
 RUNPOD_STATUSES: Mapping[str, InstanceState] = {
@@ -272,6 +270,10 @@ class _Pod(_Model):
         return bool(self.public_ip) and bool(self.port_mappings)
 
 
+class _PodList(RootModel[list[_Pod]]):
+    """The v1 listing: an array of pods, all readable, or the listing is unusable."""
+
+
 class _CatalogPrice(_Model):
     secure: float | None = None
     community: float | None = None
@@ -340,7 +342,7 @@ def _error_text(response: httpx.Response) -> tuple[str | None, str]:
 
 
 def map_runpod_error(response: httpx.Response, provider: str = PROVIDER,
-                     *, secret: str | None = None) -> ProviderError | None:
+                     *, secret: SecretStr | str | None = None) -> ProviderError | None:
     """Map a RunPod error response with ``RUNPOD_ERRORS``; None lets the seam use the status.
 
     ``secret`` (the API key) is blanked out of any text we keep, in case a provider
@@ -362,9 +364,7 @@ def map_runpod_error(response: httpx.Response, provider: str = PROVIDER,
     if cls is None:
         return None
     text = f"HTTP {status}" + (f" {title}" if title else "") + (f": {message}" if message else "")
-    text = text[:400]
-    if secret:
-        text = text.replace(secret, "**********")
+    text = scrub(text, secret)[:400]  # masked first: a cut must not leave part of a key
     kw: dict[str, Any] = {"provider": provider, "status_code": status, "code": title}
     log.debug("%s error mapped by %s to %s", provider, matched, cls.__name__)
     if cls is RateLimited:
@@ -376,71 +376,18 @@ def map_runpod_error(response: httpx.Response, provider: str = PROVIDER,
 # ---- the adapter -------------------------------------------------------------------------
 
 
-class RunPodAdapter:
+class RunPodAdapter(HttpAdapter):
     """One RunPod account. See the module docstring for what each answer means."""
 
-    def __init__(
-        self,
-        api_key: SecretStr | str | None = None,
-        *,
-        base_url: str = DEFAULT_BASE_URL,
-        transport: httpx.BaseTransport | None = None,
-        client: httpx.Client | None = None,
-        timeout: float = 30.0,
-        rate_limits: Mapping[str, RateLimit] | None = None,
-        retry: RetryPolicy | None = None,
-        clock: Clock | None = None,
-    ) -> None:
-        if api_key is None:
-            from gpufsm.config import Settings
+    profile = AdapterProfile(
+        name=PROVIDER, base_url=DEFAULT_BASE_URL, api_key_env="RUNPOD_API_KEY",
+        capabilities=Capabilities(stop=True, restart=True, tags=False),
+        error_mapper=map_runpod_error, rate_limits=RUNPOD_RATE_LIMITS)
 
-            api_key = Settings().runpod_api_key
-        if isinstance(api_key, str):
-            api_key = SecretStr(api_key)
-        if api_key is None or not api_key.get_secret_value():
-            raise ValidationError(_KEY_ENV, "not set: export it or put it in .env")
-        self._secret = api_key.get_secret_value()
-        self._base_url = base_url.rstrip("/")
+    @property
+    def _v2_root(self) -> str:
         # v2 lives on another host in production; anywhere else one host serves both.
-        self._v2_root = V2_BASE_URL if self._base_url == DEFAULT_BASE_URL else self._base_url
-        self._owns_client = client is None
-        self._seam = HttpSeam(
-            provider=PROVIDER,
-            base_url=self._base_url,
-            api_key=api_key,
-            error_mapper=self._map_error,
-            client=client,
-            transport=transport,
-            timeout=timeout,
-            rate_limits=RUNPOD_RATE_LIMITS if rate_limits is None else rate_limits,
-            retry=retry,
-            clock=clock,
-        )
-
-    def __repr__(self) -> str:
-        return f"RunPodAdapter(base_url={self._base_url!r})"
-
-    def close(self) -> None:
-        """Close the HTTP client if this adapter made it."""
-        if self._owns_client:
-            self._seam.close()
-
-    def __enter__(self) -> RunPodAdapter:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    @property
-    def name(self) -> str:
-        return PROVIDER
-
-    @property
-    def capabilities(self) -> Capabilities:
-        return Capabilities(stop=True, restart=True, tags=False)
-
-    def _map_error(self, response: httpx.Response, provider: str) -> ProviderError | None:
-        return map_runpod_error(response, provider, secret=self._secret)
+        return V2_BASE_URL if self._base_url == DEFAULT_BASE_URL else self._base_url
 
     # ---- validation and the create body ---------------------------------------------------
 
@@ -530,14 +477,8 @@ class RunPodAdapter:
         body = self.create_body(request)
         response = self._seam.request("POST", f"{_V1}/pods", op="launch", idempotent=False,
                                       json=body)
-        try:
-            pod = _Pod.model_validate(response.json())
-        except (ValueError, PydanticValidationError) as exc:
-            # The pod may well exist: say "unknown", and let the reconciler find the tag.
-            raise ProviderUnavailable(
-                f"launch: created (HTTP {response.status_code}) but the answer had no pod id",
-                provider=PROVIDER, status_code=response.status_code) from exc
-        return pod.id
+        # Unreadable, the pod may well exist: "unknown", and the reconciler finds the tag.
+        return self._parse(response, _Pod, "launch").id
 
     def get(self, provider_instance_id: str) -> ProviderInstance | None:
         try:
@@ -546,28 +487,14 @@ class RunPodAdapter:
                 idempotent=True, params={"includeMachine": "true"})
         except ProviderNotFound:
             return None
-        return self._instance(self._parse(response, "get"))
+        return self._instance(self._parse(response, _Pod, "get"))
 
     def list_instances(self) -> Sequence[ProviderInstance]:
         # v1 documents no pagination: one call returns every pod of the account
         # (serverless workers excluded, as includeWorkers defaults to false).
         response = self._seam.request("GET", f"{_V1}/pods", op="list", idempotent=True,
                                       params={"includeMachine": "true"})
-        try:
-            data = response.json()
-        except ValueError as exc:
-            raise ProviderUnavailable("list: the answer is not JSON", provider=PROVIDER,
-                                      status_code=response.status_code) from exc
-        if not isinstance(data, list):
-            raise ProviderUnavailable(
-                f"list: expected an array of pods, got {type(data).__name__}",
-                provider=PROVIDER, status_code=response.status_code)
-        try:
-            pods = [_Pod.model_validate(item) for item in data]
-        except PydanticValidationError as exc:
-            raise ProviderUnavailable("list: a pod in the answer is unreadable",
-                                      provider=PROVIDER,
-                                      status_code=response.status_code) from exc
+        pods = self._parse(response, _PodList, "list").root
         return [self._instance(pod) for pod in pods]
 
     def start(self, provider_instance_id: str) -> None:
@@ -598,12 +525,7 @@ class RunPodAdapter:
         response = self._seam.request(
             "GET", f"{self._v2_root}/v2/catalog/gpus", op="instance_types", idempotent=True,
             params={"include": "AVAILABILITY", "product": "POD"})
-        try:
-            catalog = _Catalog.model_validate(response.json())
-        except (ValueError, PydanticValidationError) as exc:
-            raise ProviderUnavailable("instance_types: unreadable GPU catalog",
-                                      provider=PROVIDER,
-                                      status_code=response.status_code) from exc
+        catalog = self._parse(response, _Catalog, "instance_types")
         return [offer for gpu in catalog.gpus if (offer := self._offer(gpu)) is not None]
 
     # ---- helpers -------------------------------------------------------------------------
@@ -612,14 +534,6 @@ class RunPodAdapter:
         # 200 with no documented body: nothing to read back.
         self._seam.request("POST", f"{_V1}/pods/{quote(provider_instance_id, safe='')}/{action}",
                            op=action, idempotent=True)
-
-    @staticmethod
-    def _parse(response: httpx.Response, op: str) -> _Pod:
-        try:
-            return _Pod.model_validate(response.json())
-        except (ValueError, PydanticValidationError) as exc:
-            raise ProviderUnavailable(f"{op}: unreadable pod in the answer", provider=PROVIDER,
-                                      status_code=response.status_code) from exc
 
     @staticmethod
     def _instance(pod: _Pod) -> ProviderInstance:

@@ -4,8 +4,8 @@ This room translates between gpufsm's provider-neutral contract and Vast's marke
 a launch is "search the cheapest matching offer, then accept it", statuses come from
 three fields at once (``actual_status``, ``intended_status``, ``cur_state``), and errors
 arrive in four shapes, sometimes on a 200. All HTTP goes through
-:class:`gpufsm.adapters.HttpSeam`. The contract is tests/fixtures/provider-api/vastai/
-(NOTES.md and the official openapi.yaml).
+:class:`gpufsm.adapters.HttpSeam`, which the shared ``HttpAdapter`` base sets up. The
+contract is tests/fixtures/provider-api/vastai/ (NOTES.md and the official openapi.yaml).
 
 Vast facts that shape it:
 
@@ -20,6 +20,8 @@ Vast facts that shape it:
   Vast reports as ``no_such_ask``. Nothing was created, so the next-cheapest offer is
   tried (``options["max_offer_attempts"]``, default 3).
 * 429 carries no Retry-After, ever; the seam's jittered backoff does the waiting.
+* SSH: ``ssh_host:ssh_port`` is Vast's proxy; a direct mapping of the container's 22/tcp
+  (``ports``, running instances only) is preferred when present, as Vast's own CLI does.
 """
 
 from __future__ import annotations
@@ -35,7 +37,8 @@ import httpx
 import pydantic
 from pydantic import SecretStr
 
-from gpufsm.adapters._http import HttpSeam, RateLimit, RetryPolicy
+from gpufsm.adapters._base import AdapterProfile, HttpAdapter, scrub
+from gpufsm.adapters._http import RateLimit
 from gpufsm.adapters._protocol import (
     InstanceTypeOffer,
     LaunchRequest,
@@ -50,8 +53,6 @@ from gpufsm.adapters._vastai_models import (
     VastOffer,
     VastSearchResponse,
 )
-from gpufsm.clock import Clock
-from gpufsm.config import Settings
 from gpufsm.errors import (
     AuthError,
     InsufficientCapacity,
@@ -86,6 +87,7 @@ __all__ = [
 log = logging.getLogger("gpufsm.adapters.vastai")
 
 PROVIDER = "vastai"
+DEFAULT_BASE_URL = "https://console.vast.ai"
 V0 = "/api/v0"
 V1 = "/api/v1"
 
@@ -231,6 +233,11 @@ def to_provider_instance(inst: VastInstance) -> ProviderInstance:
     if state is None:
         log.warning("%s: instance %s reports unknown actual_status %r: state UNKNOWN",
                     PROVIDER, inst.id, raw)
+    # Direct (public_ipaddr + the host port of 22/tcp) when Vast maps one, else the proxy
+    # pair ssh_host:ssh_port; never a host from one pair with the port of the other.
+    ssh_host, ssh_port = None, inst.direct_ssh_port
+    if ssh_port is None and inst.ssh_host and inst.ssh_port and 0 < inst.ssh_port < 65536:
+        ssh_host, ssh_port = inst.ssh_host, inst.ssh_port
     return ProviderInstance(
         provider_instance_id=str(inst.id),
         raw_status=raw,
@@ -241,18 +248,13 @@ def to_provider_instance(inst: VastInstance) -> ProviderInstance:
         region=inst.geolocation,
         instance_type=inst.gpu_name,
         price_per_hour=inst.dph_total,
-        ssh_port=inst.direct_ssh_port,
+        ssh_port=ssh_port,
         detail=inst.status_msg,
+        ssh_host=ssh_host,
     )
 
 
 # ---- errors ------------------------------------------------------------------------
-
-
-def _scrub(text: str, secret: SecretStr | None) -> str:
-    """Provider text with our key blanked out, should a server ever echo it back."""
-    value = secret.get_secret_value() if secret is not None else ""
-    return text.replace(value, "**********") if value else text
 
 
 def _body(response: httpx.Response,
@@ -261,7 +263,7 @@ def _body(response: httpx.Response,
 
     Plain text (429 "API requests too frequent") becomes ``msg``.
     """
-    text = _scrub(response.text, secret).strip()
+    text = scrub(response.text, secret).strip()
     if not text:
         return None, False
     try:
@@ -297,7 +299,7 @@ def _error_from_body(body: VastErrorBody, status: int, provider: str = PROVIDER,
     if not classes:
         return None
     code, cls = min(classes.items(), key=lambda item: _PRIORITY.index(item[1]))
-    message = _scrub(body.text or code, secret)[:300]
+    message = scrub(body.text or code, secret)[:300]
     return cls(message, provider=provider, code=code, status_code=status)
 
 
@@ -333,7 +335,7 @@ def _refused_on_200(data: Any, status: int,
     body = VastErrorBody.model_validate(data)
     error = _error_from_body(body, status, secret=secret)
     if error is None:
-        text = _scrub(body.text or "success=false", secret)
+        text = scrub(body.text or "success=false", secret)
         error = InvalidRequest(f"refused: {text[:300]}", provider=PROVIDER, code=body.error,
                                status_code=status)
     return error
@@ -342,74 +344,21 @@ def _refused_on_200(data: Any, status: int,
 # ---- the adapter ---------------------------------------------------------------------
 
 
-class VastAdapter:
+class VastAdapter(HttpAdapter):
     """One Vast.ai account. See the module docstring for the dialect's traps."""
 
-    def __init__(
-        self,
-        api_key: SecretStr | str | None = None,
-        *,
-        base_url: str = "https://console.vast.ai",
-        transport: httpx.BaseTransport | None = None,
-        client: httpx.Client | None = None,
-        timeout: float = 30.0,
-        rate_limits: Mapping[str, RateLimit] | None = None,
-        retry: RetryPolicy | None = None,
-        clock: Clock | None = None,
-    ) -> None:
-        if api_key is None:
-            api_key = Settings().vast_api_key
-            if api_key is None:
-                raise ValidationError("VAST_API_KEY", "not set: export it or put it in .env")
-        key = api_key if isinstance(api_key, SecretStr) else SecretStr(api_key)
-        self._key = key
-        self._base_url = base_url.rstrip("/")
-        self._owns_client = client is None
-        self._seam = HttpSeam(
-            provider=PROVIDER,
-            base_url=self._base_url,
-            api_key=key,
-            error_mapper=self._map_error,
-            client=client,
-            transport=transport,
-            timeout=timeout,
-            rate_limits=VAST_RATE_LIMITS if rate_limits is None else rate_limits,
-            retry=retry,
-            clock=clock,
-        )
+    profile = AdapterProfile(
+        name=PROVIDER, base_url=DEFAULT_BASE_URL, api_key_env="VAST_API_KEY",
+        capabilities=Capabilities(stop=True, restart=True, tags=False),
+        error_mapper=map_vast_error, rate_limits=VAST_RATE_LIMITS)
 
-    def __repr__(self) -> str:  # the key is a SecretStr here and a header in the seam
-        return f"VastAdapter(base_url={self._base_url!r})"
-
-    def _map_error(self, response: httpx.Response, provider: str) -> ProviderError | None:
-        return map_vast_error(response, provider, secret=self._key)
-
-    def _refused(self, response: httpx.Response, data: Any) -> ProviderError | None:
-        return _refused_on_200(data, response.status_code, self._key)
-
-    def close(self) -> None:
-        """Close the HTTP client if this adapter created it."""
-        if self._owns_client:
-            self._seam.close()
-
-    def __enter__(self) -> VastAdapter:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    @property
-    def name(self) -> str:
-        return PROVIDER
-
-    @property
-    def capabilities(self) -> Capabilities:
-        return Capabilities(stop=True, restart=True, tags=False)
-
-    @property
-    def http_calls(self) -> int:
-        """HTTP requests actually sent, retries included."""
-        return self._seam.calls
+    def _answer(self, response: httpx.Response) -> Any:
+        """The JSON body of a 2xx (None if empty), unless it is a refusal in disguise."""
+        data = _json_or_none(response)
+        refused = _refused_on_200(data, response.status_code, self._api_key)
+        if refused is not None:
+            raise refused
+        return data
 
     # ---- validation ------------------------------------------------------------------
 
@@ -579,10 +528,7 @@ class VastAdapter:
     def _accept(self, offer: VastOffer, body: dict[str, Any]) -> str:
         response = self._seam.request("PUT", f"{V0}/asks/{offer.id}/", op="launch",
                                       idempotent=False, json=body)
-        data = _json_or_none(response)
-        refused = self._refused(response, data)
-        if refused is not None:
-            raise refused
+        data = self._answer(response)
         try:
             created = VastCreateResponse.model_validate(data)
         except pydantic.ValidationError:
@@ -599,10 +545,7 @@ class VastAdapter:
         """Offers, cheapest first (then the more reliable); unreadable offers skipped."""
         response = self._seam.request("POST", f"{V0}/bundles/", op="search", idempotent=True,
                                       json=dict(body))
-        data = _json_or_none(response)
-        refused = self._refused(response, data)
-        if refused is not None:
-            raise refused
+        data = self._answer(response)
         try:
             offers = VastSearchResponse.model_validate(data).offers
         except pydantic.ValidationError as exc:
@@ -624,14 +567,9 @@ class VastAdapter:
         try:
             response = self._seam.request("GET", f"{V0}/instances/{pid}/", op="get",
                                           idempotent=True)
-        except ProviderNotFound:
+            data = self._answer(response)
+        except ProviderNotFound:  # a 404 with Vast's body, or a refusal naming not_found
             return None
-        data = _json_or_none(response)
-        refused = self._refused(response, data)
-        if isinstance(refused, ProviderNotFound):
-            return None
-        if refused is not None:
-            raise refused
         if not isinstance(data, dict) or "instances" not in data:
             raise ProviderUnavailable("show instance answered without 'instances'",
                                       provider=PROVIDER, status_code=response.status_code)
@@ -657,10 +595,7 @@ class VastAdapter:
                 params["after_token"] = token
             response = self._seam.request("GET", f"{V1}/instances", op="list",
                                           idempotent=True, params=params)
-            data = _json_or_none(response)
-            refused = self._refused(response, data)
-            if refused is not None:
-                raise refused
+            data = self._answer(response)
             try:
                 page = VastListPage.model_validate(data)
             except pydantic.ValidationError as exc:
@@ -720,32 +655,23 @@ class VastAdapter:
     def _manage(self, provider_instance_id: str, op: str, body: dict[str, Any]) -> None:
         pid = _instance_id(provider_instance_id)
         # Setting a desired state twice is harmless, so the seam may retry it.
-        response = self._seam.request("PUT", f"{V0}/instances/{pid}/", op=op,
-                                      idempotent=True, json=body)
-        refused = self._refused(response, _json_or_none(response))
-        if refused is not None:
-            raise refused
+        self._answer(self._seam.request("PUT", f"{V0}/instances/{pid}/", op=op,
+                                        idempotent=True, json=body))
 
     def restart(self, provider_instance_id: str) -> None:
         pid = _instance_id(provider_instance_id)
         # A blind retry could reboot twice mid-job: only retried when surely unsent.
-        response = self._seam.request("PUT", f"{V0}/instances/reboot/{pid}/", op="restart",
-                                      idempotent=False)
-        refused = self._refused(response, _json_or_none(response))
-        if refused is not None:
-            raise refused
+        self._answer(self._seam.request("PUT", f"{V0}/instances/reboot/{pid}/", op="restart",
+                                        idempotent=False))
 
     def terminate(self, provider_instance_id: str) -> None:
         """Destroy; an instance Vast does not know is already gone (success)."""
         pid = _instance_id(provider_instance_id)
         try:
-            response = self._seam.request("DELETE", f"{V0}/instances/{pid}/", op="terminate",
-                                          idempotent=True)
+            self._answer(self._seam.request("DELETE", f"{V0}/instances/{pid}/",
+                                            op="terminate", idempotent=True))
         except ProviderNotFound:
             return
-        refused = self._refused(response, _json_or_none(response))
-        if refused is not None and not isinstance(refused, ProviderNotFound):
-            raise refused
 
 
 # ---- helpers -------------------------------------------------------------------------

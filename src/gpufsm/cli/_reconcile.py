@@ -92,7 +92,7 @@ def _metrics(fleet: Fleet, port: int) -> Metrics:
     metrics = Metrics()
     fleet.subscribe(metrics.on_transition)
     for adapter in fleet.adapters.values():
-        seam = getattr(adapter, "seam", None) or getattr(adapter, "http", None)
+        seam = getattr(adapter, "seam", None)
         if seam is not None:
             seam.observers.append(metrics.on_call)
     metrics.serve(port)

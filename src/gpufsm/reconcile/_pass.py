@@ -113,8 +113,7 @@ class Reconciler:
         """HTTP requests sent so far by adapters that expose their seam (retries count)."""
         total = 0
         for adapter in self.fleet.adapters.values():
-            seam = getattr(adapter, "seam", None) or getattr(adapter, "http", None)
-            total += getattr(seam, "calls", 0)
+            total += getattr(getattr(adapter, "seam", None), "calls", 0)
         return total
 
     def _provider_pass(self, provider: str, adapter: ProviderAdapter,
