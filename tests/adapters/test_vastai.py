@@ -974,3 +974,16 @@ def test_registered_as_vastai(env: Env) -> None:
     assert (caps.stop, caps.restart, caps.tags) == (True, True, False)
     assert isinstance(make_dialect("vastai", env.cloud), VastDialect)
     assert VAST_RATE_LIMITS["default"].rate == 2.0
+
+
+@pytest.mark.parametrize(("ports", "expected"), [
+    (None, ("ssh5.vast.ai", 41022)),  # booting: only the proxy pair is known
+    ({"22/tcp": [{"HostIp": "0.0.0.0", "HostPort": "33022"}]}, (None, 33022)),  # direct
+])
+def test_ssh_endpoint_is_one_pair_never_mixed(ports: object,
+                                              expected: tuple[str | None, int]) -> None:
+    inst = to_provider_instance(VastInstance.model_validate({
+        "id": 9, "actual_status": "running", "public_ipaddr": "203.0.113.5",
+        "ssh_host": "ssh5.vast.ai", "ssh_port": 41022, "ports": ports,
+    }))
+    assert (inst.ssh_host, inst.ssh_port) == expected
