@@ -100,8 +100,11 @@ class TokenBucket:
                     self._tokens + (now - self._stamp) * self._limit.rate,
                 )
                 self._stamp = now
-                if self._tokens >= 1.0:
-                    self._tokens -= 1.0
+                # Within a hair of a token counts as one: rounding can leave 0.999…98
+                # after the exact wait, and asking a clock to sleep 1e-17 s does not move
+                # it (a fake clock would spin here for ever).
+                if self._tokens >= 1.0 - 1e-9:
+                    self._tokens = max(0.0, self._tokens - 1.0)
                     return waited
                 delay = (1.0 - self._tokens) / self._limit.rate
             self._clock.sleep(delay)

@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from gpufsm.config import Settings
@@ -16,6 +18,7 @@ from gpufsm.errors import GpufsmError
 from gpufsm.machines import TRANSITIONS, to_dot, to_mermaid
 
 if TYPE_CHECKING:
+    from gpufsm.cli._common import SpecFlags
     from gpufsm.store import InstanceRecord, SqlInstanceStore, TransitionRecord
 
 __all__ = ["app", "main"]
@@ -51,14 +54,22 @@ def _store(database_url: str | None, *, migrate: bool | None = None) -> SqlInsta
 
 @app.command()
 def demo(
-    instances: Annotated[int, typer.Option(min=1, max=50, help="Fleet size.")] = 4,
-    seed: Annotated[int, typer.Option(help="Seed of the simulated cloud.")] = 7,
+    instances: Annotated[int, typer.Option(
+        min=1, max=50, help="Fleet size (plus a refused big job and a launch in doubt).")] = 4,
+    seed: Annotated[int, typer.Option(
+        help="Seed of the simulated cloud behind the emulator (boot times).")] = 7,
     database_url: Annotated[str | None, typer.Option(
         "--database-url", help="Where to keep the demo's rows (default: a fresh SQLite file "
         "beside the embedded default, so real rows are never touched).")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only the summary.")] = False,
 ) -> None:
-    """Drive a small fleet through its whole life on the simulated cloud."""
+    """Drive a small fleet through its whole life over Lambda's API, with faults.
+
+    The real Lambda adapter talks HTTP to a Lambda-dialect emulator on loopback.
+    Injected: 429s, 5xx, a capacity refusal, a lost launch answer, a death,
+    a preemption and a reconciler killed mid-terminate. Exit status 1 if an
+    invariant broke, a fault was not survived or an instance was left behind.
+    """
     from gpufsm.cli._demo import run_demo
 
     ok = run_demo(instances=instances, seed=seed, database_url=database_url,
@@ -101,22 +112,16 @@ def transitions(as_json: JsonOpt = False) -> None:
 @app.command()
 def instances(database_url: DatabaseOpt = None, as_json: JsonOpt = False,
               provider: Annotated[str | None, typer.Option(help="Only this provider.")] = None,
+              remote: Annotated[bool, typer.Option(
+                  "--remote", help="Also ask the providers: instances they show that no "
+                  "row tracks are listed as untracked, rows they do not show as missing."
+              )] = False,
               ) -> None:
-    """List the instances in the database."""
-    store = _store(database_url)
-    try:
-        records = store.list(provider=provider)
-    finally:
-        store.close()
-    if as_json:
-        sys.stdout.write(json.dumps([_record_json(r) for r in records], indent=2) + "\n")
-        return
-    table = Table("id", "name", "provider", "state", "type", "region", "$/h", "ip", "billable")
-    for r in records:
-        table.add_row(r.id[:8], r.name or "", r.provider, r.state.value, r.instance_type or "",
-                      r.region or "", f"{r.price_per_hour:.2f}" if r.price_per_hour else "",
-                      r.ip or "", "yes" if r.billable else "no")
-    console.print(table)
+    """List the instances in the database (and, with --remote, on the providers)."""
+    from gpufsm.cli._fleetview import list_instances
+
+    raise typer.Exit(list_instances(database_url=database_url, provider=provider,
+                                    as_json=as_json, remote=remote))
 
 
 @app.command()
@@ -149,6 +154,9 @@ def reconcile(
         help="Instances with our tag and no row: report, adopt or terminate.")] = "report",
     database_url: DatabaseOpt = None,
     as_json: JsonOpt = False,
+    metrics_port: Annotated[int | None, typer.Option(
+        "--metrics-port", min=1, max=65535,
+        help="Serve Prometheus metrics on 127.0.0.1:PORT (needs gpufsm[metrics]).")] = None,
 ) -> None:
     """Keep the database true to the providers; terminate what should not bill.
 
@@ -158,7 +166,8 @@ def reconcile(
     from gpufsm.cli._reconcile import run_reconcile
 
     code = run_reconcile(once=once, interval=interval, providers=provider, orphans=orphans,
-                         database_url=database_url, as_json=as_json, console=console)
+                         database_url=database_url, as_json=as_json, console=console,
+                         metrics_port=metrics_port)
     raise typer.Exit(code)
 
 
@@ -199,6 +208,196 @@ def emulator(
                                   seed=seed, real_time=real_time, allow_remote=allow_remote))
 
 
+# ---- instance commands: thin shells over _lifecycle, _fleetview and _run ---------------
+
+ProviderOpt = Annotated[str | None, typer.Option("--provider", "-p", help="Provider: lambda, "
+                                                 "vastai, novita or runpod.")]
+IdsArg = Annotated[list[str], typer.Argument(
+    help="Instance ids: ours (a unique prefix is enough) or the provider's.")]
+WaitOpt = Annotated[bool, typer.Option("--wait", help="Wait until it gets there.")]
+TimeoutOpt = Annotated[float, typer.Option(min=1.0, help="Seconds to wait.")]
+PollOpt = Annotated[float, typer.Option(min=0.05, help="Seconds between looks.")]
+TypeOpt = Annotated[str | None, typer.Option("--type", help="Instance type, e.g. gpu_1x_a10.")]
+RegionOpt = Annotated[str | None, typer.Option(help="Region.")]
+ImageOpt = Annotated[str | None, typer.Option(help="Container image (where the provider "
+                                              "runs containers).")]
+NameOpt = Annotated[str | None, typer.Option(help="A name for people; ours is added.")]
+SshKeyOpt = Annotated[list[str] | None, typer.Option(
+    "--ssh-key", help="Name of an SSH key registered with the provider (repeatable).")]
+DiskOpt = Annotated[int | None, typer.Option("--disk", min=1, help="Disk size, GB.")]
+GpusOpt = Annotated[int | None, typer.Option("--gpus", min=1, help="Number of GPUs.")]
+EnvOpt = Annotated[list[str] | None, typer.Option(
+    "--env", help="KEY=VALUE for the instance's environment (repeatable).")]
+PortOpt = Annotated[list[int] | None, typer.Option(
+    "--port", min=1, max=65535, help="Port to expose (repeatable).")]
+OptionOpt = Annotated[list[str] | None, typer.Option(
+    "--option", help="Provider-specific KEY=VALUE; VALUE may be JSON (repeatable).")]
+MaxPriceOpt = Annotated[float | None, typer.Option(
+    "--max-price", help="Highest $/h to accept (where the provider supports it).")]
+SpecFileOpt = Annotated[Path | None, typer.Option(
+    "--spec", help="Spec file (.json, .yaml); the flags override its fields.")]
+
+
+def _spec_flags(provider: str | None, instance_type: str | None, region: str | None,
+                image: str | None, name: str | None, ssh_key: list[str] | None,
+                disk: int | None, gpus: int | None, env: list[str] | None,
+                port: list[int] | None, option: list[str] | None, max_price: float | None,
+                spec: Path | None) -> SpecFlags:
+    from gpufsm.cli._common import SpecFlags
+
+    return SpecFlags(provider=provider, instance_type=instance_type, region=region,
+                     image=image, name=name, ssh_keys=tuple(ssh_key or ()), disk_gb=disk,
+                     gpus=gpus, env=tuple(env or ()), ports=tuple(port or ()),
+                     options=tuple(option or ()), max_price=max_price, spec_file=spec)
+
+
+@app.command()
+def launch(
+    provider: ProviderOpt = None, instance_type: TypeOpt = None, region: RegionOpt = None,
+    image: ImageOpt = None, name: NameOpt = None, ssh_key: SshKeyOpt = None,
+    disk: DiskOpt = None, gpus: GpusOpt = None, env: EnvOpt = None, port: PortOpt = None,
+    option: OptionOpt = None, max_price: MaxPriceOpt = None, spec: SpecFileOpt = None,
+    wait: WaitOpt = False, timeout: TimeoutOpt = 1800.0, poll_interval: PollOpt = 5.0,
+    database_url: DatabaseOpt = None,
+) -> None:
+    """Launch one instance and print its id (progress goes to stderr)."""
+    from gpufsm.cli._lifecycle import launch_instance
+
+    flags = _spec_flags(provider, instance_type, region, image, name, ssh_key, disk, gpus,
+                        env, port, option, max_price, spec)
+    raise typer.Exit(launch_instance(flags, database_url=database_url, wait=wait,
+                                     timeout=timeout, poll_interval=poll_interval))
+
+
+def _instance_command(verb: str, ids: list[str], database_url: str | None, wait: bool,
+                      timeout: float, poll_interval: float) -> None:
+    from gpufsm.cli._lifecycle import instance_command
+
+    raise typer.Exit(instance_command(verb, ids, database_url=database_url, wait=wait,
+                                      timeout=timeout, poll_interval=poll_interval))
+
+
+@app.command()
+def start(ids: IdsArg, wait: WaitOpt = False, timeout: TimeoutOpt = 1800.0,
+          poll_interval: PollOpt = 5.0, database_url: DatabaseOpt = None) -> None:
+    """Start stopped instances (where the provider can stop and start)."""
+    _instance_command("start", ids, database_url, wait, timeout, poll_interval)
+
+
+@app.command()
+def stop(ids: IdsArg, wait: WaitOpt = False, timeout: TimeoutOpt = 1800.0,
+         poll_interval: PollOpt = 5.0, database_url: DatabaseOpt = None) -> None:
+    """Stop instances (where the provider can; Lambda cannot)."""
+    _instance_command("stop", ids, database_url, wait, timeout, poll_interval)
+
+
+@app.command()
+def restart(ids: IdsArg, wait: WaitOpt = False, timeout: TimeoutOpt = 1800.0,
+            poll_interval: PollOpt = 5.0, database_url: DatabaseOpt = None) -> None:
+    """Restart (reboot) instances."""
+    _instance_command("restart", ids, database_url, wait, timeout, poll_interval)
+
+
+@app.command()
+def terminate(ids: IdsArg, wait: WaitOpt = False, timeout: TimeoutOpt = 1800.0,
+              poll_interval: PollOpt = 5.0, database_url: DatabaseOpt = None) -> None:
+    """Terminate instances; keeps going past failures, exit 1 if any failed."""
+    _instance_command("terminate", ids, database_url, wait, timeout, poll_interval)
+
+
+@app.command()
+def rename(instance_id: Annotated[str, typer.Argument(metavar="ID")],
+           name: Annotated[str, typer.Argument(metavar="NAME")],
+           database_url: DatabaseOpt = None) -> None:
+    """Rename an instance on the provider (where supported) and in the database."""
+    from gpufsm.cli._lifecycle import rename_instance
+
+    raise typer.Exit(rename_instance(instance_id, name, database_url=database_url))
+
+
+@app.command("destroy-all")
+def destroy_all_command(
+    provider: Annotated[list[str] | None, typer.Option(
+        "--provider", "-p", help="Only these providers (repeatable; default: every "
+        "configured one).")] = None,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask.")] = False,
+    database_url: DatabaseOpt = None,
+) -> None:
+    """Terminate every instance gpufsm launched, from the providers' own listings.
+
+    Works without the database (it adopts what it finds); one failure does not stop
+    the rest. Exit 1 unless every instance was destroyed.
+    """
+    from gpufsm.cli._lifecycle import destroy_everything
+
+    raise typer.Exit(destroy_everything(provider, yes=yes, database_url=database_url))
+
+
+@app.command()
+def types(
+    provider: ProviderOpt = None,
+    available: Annotated[bool, typer.Option(
+        "--available", help="Only types with capacity somewhere now.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Instance types with their price per hour and where capacity exists, cheapest first."""
+    from gpufsm.cli._fleetview import list_types
+
+    raise typer.Exit(list_types(provider=provider, available=available, as_json=as_json))
+
+
+@app.command()
+def run(
+    command: Annotated[list[str] | None, typer.Option(
+        "--command", "-c", help="Run in the remote directory; repeatable, in order, "
+        "stopping at the first failure.")] = None,
+    upload: Annotated[Path | None, typer.Option(
+        help="Local folder whose contents go to the remote directory.")] = None,
+    download: Annotated[list[str] | None, typer.Option(
+        help="REMOTE:LOCAL to fetch afterwards (REMOTE relative to the remote directory; "
+        "repeatable). Fetched even when a command failed.")] = None,
+    remote_dir: Annotated[str, typer.Option(help="Working directory on the instance.")
+                          ] = "~/project",
+    ssh_user: Annotated[str | None, typer.Option(
+        help="Login user (default: ubuntu on Lambda, root elsewhere).")] = None,
+    ssh_key_file: Annotated[Path | None, typer.Option(
+        help="Private key for the login (default: ssh's own).")] = None,
+    ssh_port: Annotated[int | None, typer.Option(
+        min=1, max=65535, help="SSH port (default: what the provider reports, else 22).")
+    ] = None,
+    ssh_timeout: Annotated[float, typer.Option(
+        min=1.0, help="Seconds to wait for SSH once RUNNING.")] = 600.0,
+    transfer: Annotated[str, typer.Option(
+        help="How to upload: scp, or rsync (needs rsync on the instance too); downloads "
+        "use scp.")] = "scp",
+    provider: ProviderOpt = None, instance_type: TypeOpt = None, region: RegionOpt = None,
+    image: ImageOpt = None, name: NameOpt = None, ssh_key: SshKeyOpt = None,
+    disk: DiskOpt = None, gpus: GpusOpt = None, env: EnvOpt = None, port: PortOpt = None,
+    option: OptionOpt = None, max_price: MaxPriceOpt = None, spec: SpecFileOpt = None,
+    timeout: TimeoutOpt = 1800.0, poll_interval: PollOpt = 5.0,
+    database_url: DatabaseOpt = None,
+) -> None:
+    """Launch, wait, upload, run, download, and always terminate (also on Ctrl-C).
+
+    Exit 1 when a step or a command failed (results are still fetched and the instance
+    still terminated), 2 for bad usage, 130/143 when interrupted by SIGINT/SIGTERM.
+    """
+    from gpufsm.cli._run import RunOptions, parse_download, run_job
+
+    flags = _spec_flags(provider, instance_type, region, image, name, ssh_key, disk, gpus,
+                        env, port, option, max_price, spec)
+    try:
+        downloads = tuple(parse_download(d) for d in download or ())
+    except GpufsmError as exc:
+        err.print(f"[red]error:[/red] {escape(str(exc))}")
+        raise typer.Exit(2) from None
+    options = RunOptions(upload=upload, commands=tuple(command or ()), downloads=downloads,
+                         remote_dir=remote_dir, ssh_user=ssh_user, ssh_key_file=ssh_key_file,
+                         ssh_port=ssh_port, ssh_timeout=ssh_timeout, transfer=transfer,
+                         timeout=timeout, poll_interval=poll_interval)
+    raise typer.Exit(run_job(flags, options, database_url=database_url))
+
+
 def _resolve(store: SqlInstanceStore, instance_id: str) -> InstanceRecord:
     """Accept a full id or a unique prefix (the tables show 8 characters)."""
     from gpufsm.errors import InstanceNotFound
@@ -222,21 +421,11 @@ def _history_table(instance_id: str, rows: Sequence[TransitionRecord]) -> Table:
     return table
 
 
-def _record_json(r: InstanceRecord) -> dict[str, object]:
-    return {
-        "id": r.id, "name": r.name, "provider": r.provider, "state": r.state.value,
-        "provider_instance_id": r.provider_instance_id, "instance_type": r.instance_type,
-        "region": r.region, "price_per_hour": r.price_per_hour, "ip": r.ip,
-        "billable": r.billable, "version": r.version, "created_at": r.created_at.isoformat(),
-        "last_raw_status": r.last_raw_status, "last_error": r.last_error,
-    }
-
-
 def main() -> None:
     """Entry point: library errors become one red line and exit status 1, not a trace."""
     try:
         app()
     except GpufsmError as exc:
-        err.print(f"[red]error:[/red] {exc}")
+        err.print(f"[red]error:[/red] {escape(str(exc))}")
         sys.exit(1)
 
