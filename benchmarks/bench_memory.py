@@ -6,8 +6,12 @@ imports what it needs, warms up, reads RSS, builds the instances and reads RSS a
 measures only the instances. RSS (not tracemalloc) is the figure because it is what a
 host pays; tracemalloc would also slow the build several-fold.
 
-Run as a script it is the child: ``bench_memory.py gpufsm DB`` or
-``bench_memory.py transitions N``; it prints one JSON object.
+What gpufsm holds: a reconcile pass loads every live row with ``list_tracked`` (the
+slim TrackedInstance view) and keeps them by id for the pass; that is the figure.
+``records`` measures the same rows as full InstanceRecords (``list()``), for the note.
+
+Run as a script it is the child: ``bench_memory.py gpufsm DB``, ``bench_memory.py
+records DB`` or ``bench_memory.py transitions N``; it prints one JSON object.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["MemoryResult", "measure_gpufsm", "measure_transitions"]
+__all__ = ["MemoryResult", "measure_gpufsm", "measure_records", "measure_transitions"]
 
 
 def _rss() -> int:
@@ -58,8 +62,13 @@ def _child(*args: str) -> MemoryResult:
 
 
 def measure_gpufsm(db: Path) -> MemoryResult:
-    """Every row of ``db`` loaded as InstanceRecords, held in a dict by id."""
+    """Every live row of ``db`` as the engine tracks it (list_tracked), held by id."""
     return _child("gpufsm", str(db))
+
+
+def measure_records(db: Path) -> MemoryResult:
+    """Every row of ``db`` as full InstanceRecords (list()), held by id."""
+    return _child("records", str(db))
 
 
 def measure_transitions(n: int) -> MemoryResult:
@@ -67,15 +76,22 @@ def measure_transitions(n: int) -> MemoryResult:
     return _child("transitions", str(n))
 
 
-def _gpufsm_child(db: str) -> dict[str, Any]:
+def _gpufsm_child(db: str, *, records: bool) -> dict[str, Any]:
+    from gpufsm.machines import InstanceState
     from gpufsm.store import SqlInstanceStore
 
+    watched = [s for s in InstanceState if s is not InstanceState.TERMINATED]
     store = SqlInstanceStore(f"sqlite:///{db}")
-    store.list(provider="warm-up")  # compile the query, open the connection, load modules
+
+    def load() -> Any:
+        return store.list() if records else store.list_tracked(states=watched)
+
+    store.list(provider="warm-up")  # compile the queries, open the connection, load modules
+    store.list_tracked(provider="warm-up")
     gc.collect()
     before = _rss()
     start = time.perf_counter()
-    held = {r.id: r for r in store.list()}  # what an engine keeps: records by id
+    held = {r.id: r for r in load()}  # what an engine keeps: rows by id
     took = time.perf_counter() - start
     gc.collect()
     after = _rss()
@@ -124,7 +140,10 @@ def _transitions_child(n: int) -> dict[str, Any]:
 
 def _main(argv: list[str]) -> int:
     kind, arg = argv
-    result = _gpufsm_child(arg) if kind == "gpufsm" else _transitions_child(int(arg))
+    if kind in ("gpufsm", "records"):
+        result = _gpufsm_child(arg, records=kind == "records")
+    else:
+        result = _transitions_child(int(arg))
     print(json.dumps(result))
     return 0
 

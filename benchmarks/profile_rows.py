@@ -1,19 +1,23 @@
 """Where the time and memory of a row go, so a missed target names its cause.
 
-    python benchmarks/profile_rows.py load       # pyinstrument over store.list(), 100k rows
+    python benchmarks/profile_rows.py load       # pyinstrument over store.list_tracked(), 100k
     python benchmarks/profile_rows.py memory     # bytes per InstanceRecord, field by field
     python benchmarks/profile_rows.py persist    # pyinstrument over store.transition()
     python benchmarks/profile_rows.py engine     # pyinstrument over machines.check()
+    python benchmarks/profile_rows.py pass       # one 1%-drift pass, in-process cloud, 100k
+    python benchmarks/profile_rows.py pass-http  # one 1%-drift pass over the emulator, 10k
     python benchmarks/profile_rows.py load --rows 10000
 
 Separate from run.py because a profiler slows what it watches: figures come from run.py,
-explanations from here. ``load`` also times the same list() with the cyclic garbage
-collector paused, which is the largest single cost pyinstrument cannot show by name.
+explanations from here. ``load`` also times store.list() (full records) with the cyclic
+garbage collector on and paused: the collector is the largest single cost pyinstrument
+cannot show by name, which is why the store pauses it while it builds lists.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import sys
 import tempfile
@@ -26,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from bench_engine import CYCLE, policy_guard
-from bench_store import make_records, seed
+from bench_store import WATCHED, make_records, seed
 
 from gpufsm.machines import Capabilities, InstanceState, check
 from gpufsm.store import InstanceRecord, SqlInstanceStore
@@ -53,18 +57,56 @@ def _store_with(rows: int, tmp: Path) -> SqlInstanceStore:
 
 def profile_load(rows: int, tmp: Path) -> None:
     store = _store_with(rows, tmp)
-    store.list(provider="warm-up")
-    _profiled(f"store.list() over {rows:,} rows", store.list)
+    store.list_tracked(provider="warm-up")
+    _profiled(f"store.list_tracked() over {rows:,} rows",
+              lambda: store.list_tracked(states=WATCHED))
     for paused in (False, True):
-        if paused:
-            gc.disable()
-        start = time.perf_counter()
-        store.list()
-        took = time.perf_counter() - start
-        gc.enable()
+        # the store pauses the collector itself; this shows what that saves
+        with _collector(on=not paused):
+            start = time.perf_counter()
+            store.list()
+            took = time.perf_counter() - start
         print(f"store.list() with the garbage collector {'paused' if paused else 'on'}: "
               f"{took:.2f} s")
     store.close()
+
+
+class _collector:  # noqa: N801 - reads as a statement
+    """Force the collector on or off, also inside the store's own pause."""
+
+    def __init__(self, *, on: bool) -> None:
+        self.on = on
+
+    def __enter__(self) -> None:
+        import gpufsm.store._sql as sql
+
+        self._saved = sql._gc_paused
+        if self.on:
+            sql._gc_paused = contextlib.nullcontext  # type: ignore[assignment]
+        else:
+            gc.disable()
+
+    def __exit__(self, *exc: object) -> None:
+        import gpufsm.store._sql as sql
+
+        sql._gc_paused = self._saved  # type: ignore[assignment]
+        gc.enable()
+
+
+def profile_pass(rows: int, tmp: Path, *, http: bool = False) -> None:
+    from bench_reconcile import build_world
+
+    from gpufsm.reconcile import ReconcileConfig, Reconciler
+
+    n = min(rows, 10_000) if http else rows
+    world = build_world(n, url=f"sqlite:///{tmp / 'pass.db'}", http=http)
+    try:
+        reconciler = Reconciler(world.fleet("profile"), ReconcileConfig(), actor="profile")
+        where = "the Lambda emulator over loopback" if http else "the in-process cloud"
+        _profiled(f"one reconcile pass over {n:,} instances (1% drift) on {where}",
+                  reconciler.run_once)
+    finally:
+        world.close()
 
 
 def _deep_size(obj: object, seen: set[int]) -> int:
@@ -135,7 +177,8 @@ def profile_engine(rows: int, _tmp: Path) -> None:
 
 PROFILES: dict[str, Callable[[int, Path], Any]] = {
     "load": profile_load, "memory": profile_memory, "persist": profile_persist,
-    "engine": profile_engine,
+    "engine": profile_engine, "pass": profile_pass,
+    "pass-http": lambda rows, tmp: profile_pass(rows, tmp, http=True),
 }
 
 

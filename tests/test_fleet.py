@@ -387,3 +387,32 @@ def test_session_cleanup_failure_is_logged_not_raised(
         cloud.fail_next("terminate", "unavailable", times=5)
     assert fleet.get(rec.id).state is S.TERMINATING
     assert "reconciler will retry" in caplog.text
+
+
+def test_a_quick_restart_is_not_held_up_by_the_grace_window(fleet: Fleet, cloud: SimulatedCloud,
+                                                            clock: FakeClock) -> None:
+    instance_id = running(fleet)
+    fleet.restart(instance_id)
+    rebooting = ProviderInstance("sim-000001", "rebooting", S.STARTING)
+    running_again = ProviderInstance("sim-000001", "running", S.RUNNING)
+    assert fleet.observe(instance_id, Observation.present(rebooting)).state is S.STARTING
+    clock.advance(5)  # well inside the grace window
+    assert fleet.observe(instance_id, Observation.present(running_again)).state is S.RUNNING
+
+
+def test_a_launch_in_doubt_then_terminated_is_terminated_when_it_turns_up(
+        fleet: Fleet, cloud: SimulatedCloud) -> None:
+    cloud.fail_next("launch", "timeout", after_work=True)
+    cloud.fail_next("list", "unavailable", times=2)  # the tag search fails, twice
+    with pytest.raises(ProviderTimeout) as info:
+        fleet.launch(SPEC)
+    instance_id = info.value.instance_id
+    assert instance_id is not None
+    rec = fleet.terminate(instance_id)
+    assert (rec.state, rec.provider_instance_id) == (S.TERMINATING, None)
+    rec = fleet.refresh(instance_id)  # the listing works again: there it is
+    assert rec.provider_instance_id == "sim-000001"
+    assert cloud.instance("sim-000001").phase in ("terminating", "terminated")
+    cloud.settle()
+    assert fleet.refresh(instance_id).state is S.TERMINATED
+    assert cloud.live_instances() == []

@@ -160,10 +160,13 @@ def test_creating_row_whose_instance_never_appeared_fails_after_the_deadline(
     with pytest.raises(Exception, match="injected timeout"):
         fleet.launch(SPEC)
     (row,) = fleet.list()
-    reconciler = Reconciler(fleet, ReconcileConfig(deadlines={S.CREATING: 900}))
+    reconciler = Reconciler(fleet, ReconcileConfig(deadlines={S.CREATING: 900},
+                                                   absent_listings_to_confirm=3))
     reconciler.run_once()
     assert fleet.get(row.id).state is S.CREATING  # too early to give up
     clock.advance(901)
+    reconciler.run_once()
+    assert fleet.get(row.id).state is S.CREATING  # past the deadline, but 2 listings only
     reconciler.run_once()
     rec = fleet.get(row.id)
     assert (rec.state, rec.billable) == (S.FAILED, False)
@@ -360,3 +363,44 @@ def test_deadlines_per_provider() -> None:
     assert config.deadline("vastai", S.STARTING) == 7200
     assert config.deadline("lambda", S.STARTING) == 45 * 60
     assert config.deadline("lambda", S.RUNNING) is None
+
+
+def test_reconciler_terminates_a_terminating_row_whose_instance_turns_up(
+        fleet: Fleet, cloud: SimulatedCloud, clock: FakeClock) -> None:
+    """A launch in doubt, terminated before the instance was seen: the row has no id."""
+    cloud.fail_next("launch", "timeout", after_work=True)
+    cloud.fail_next("list", "unavailable", times=2)
+    with pytest.raises(Exception, match="injected timeout"):
+        fleet.launch(SPEC)
+    (row,) = fleet.list()
+    assert fleet.terminate(row.id).provider_instance_id is None
+    reconciler = Reconciler(fleet)
+    for _ in range(4):
+        reconciler.run_once()
+        clock.advance(60)
+    cloud.settle()
+    reconciler.run_once()
+    assert fleet.get(row.id).state is S.TERMINATED
+    assert cloud.live_instances() == []
+
+
+def test_a_written_off_launch_that_turns_up_is_terminated(fleet: Fleet, cloud: SimulatedCloud,
+                                                          clock: FakeClock) -> None:
+    """The listing hid the instance long enough to write the row off; then it appears."""
+    cloud.fail_next("launch", "timeout", after_work=True)
+    cloud.outage(10, mode="empty")  # the tag search and the next listings see nothing
+    with pytest.raises(Exception, match="injected timeout"):
+        fleet.launch(SPEC)
+    (row,) = fleet.list()
+    reconciler = Reconciler(fleet, ReconcileConfig(deadlines={S.CREATING: 60}))
+    clock.advance(61)
+    for _ in range(3):
+        reconciler.run_once()
+    assert (fleet.get(row.id).state, fleet.get(row.id).billable) == (S.FAILED, False)
+    cloud.clear_faults()  # the listing recovers and shows our tagged instance
+    report = reconciler.run_once()
+    (alert,) = [p for p in report.problems_of("alert") if "written-off" in p.message]
+    assert alert.instance_id == row.id
+    cloud.settle()
+    reconciler.run_once()
+    assert cloud.live_instances() == []

@@ -16,6 +16,8 @@ old version gets VersionConflict and must re-read.
 
 from __future__ import annotations
 
+import builtins
+import copy
 import logging
 import os
 import secrets
@@ -23,10 +25,11 @@ import socket
 import threading
 import uuid
 import weakref
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, MutableSequence, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, cast, overload
 
 from pydantic import ValidationError as PydanticValidationError
 
@@ -65,9 +68,16 @@ from gpufsm.machines import (
 )
 from gpufsm.notify import Listener, TransitionEvent, Webhook
 from gpufsm.specs import InstanceSpec, parse_spec
-from gpufsm.store import DriftRecord, InstanceRecord, InstanceStore, TransitionRecord
+from gpufsm.store import (
+    DriftRecord,
+    InstanceRecord,
+    InstanceStore,
+    Move,
+    TrackedInstance,
+    TransitionRecord,
+)
 
-__all__ = ["Fleet", "ProgressCallback"]
+__all__ = ["Fleet", "ObserveErrorHandler", "ProgressCallback"]
 
 log = logging.getLogger("gpufsm.fleet")
 
@@ -78,6 +88,8 @@ _CONFLICT_RETRIES = 3
 
 #: Called on every poll of wait_for with the freshest record.
 ProgressCallback = Callable[[InstanceRecord], None]
+#: Told which instance's observation failed in observe_many, and why.
+ObserveErrorHandler = Callable[[str, Exception], None]
 
 
 class _InstanceLock:
@@ -261,7 +273,18 @@ class Fleet:
                     found = self._find_tagged(adapter, record.tag, quiet=False)
                 except ProviderError:
                     return record
-                return record if found is None else self._adopt(record, found)
+                if found is None:
+                    return record
+                record = self._observe(record, Observation.present(found), self.actor)
+                if record.state is S.TERMINATING and record.provider_instance_id is not None:
+                    # terminated while the launch was in doubt: the instance turned up
+                    # after all, so the terminate we could not send then is sent now
+                    try:
+                        adapter.terminate(record.provider_instance_id)
+                    except ProviderError as exc:
+                        return self._note_error(record, exc)
+                    return self._confirm(record, adapter)
+                return record
             return self._confirm(record, adapter)
 
     def observe(self, instance_id: str, observation: Observation, *,
@@ -282,6 +305,84 @@ class Fleet:
                 except VersionConflict:
                     continue
             return self.store.get(instance_id)
+
+    @overload
+    def observe_many(self, items: Sequence[tuple[InstanceRecord, Observation]], *,
+                     actor: str | None = None, on_error: ObserveErrorHandler | None = None,
+                     ) -> builtins.list[InstanceRecord]: ...
+
+    @overload
+    def observe_many(self, items: Sequence[tuple[TrackedInstance, Observation]], *,
+                     actor: str | None = None, on_error: ObserveErrorHandler | None = None,
+                     ) -> builtins.list[TrackedInstance]: ...
+
+    def observe_many(self, items: Sequence[tuple[Any, Observation]], *,
+                     actor: str | None = None, on_error: ObserveErrorHandler | None = None,
+                     ) -> builtins.list[Any]:
+        """Apply many observations: ``observe`` for each, the simple ones in one commit.
+
+        ``items`` pairs each instance *as the caller last read it* (an InstanceRecord,
+        or the TrackedInstance a reconcile pass holds) with what was seen. What
+        ``observe_batched`` can commit together is committed first; every other item
+        then goes through ``observe``, in order.
+
+        Returns the row after its observation, of the kind given (a TrackedInstance
+        stays a TrackedInstance). ``on_error(instance_id, exc)``, when given, hears of
+        an instance whose observation failed, and its row is returned as given; without
+        it the first failure is raised, as a loop over ``observe`` would raise it.
+        """
+        who = actor or self.actor
+        results = self.observe_batched(items, actor=who)
+        for i, done in enumerate(results):
+            if done is not None:
+                continue
+            row, observation = items[i]
+            try:
+                after = self.observe(row.id, observation, actor=who)
+            except Exception as exc:
+                if on_error is None:
+                    raise
+                on_error(row.id, exc)
+                results[i] = row
+                continue
+            results[i] = TrackedInstance.of(after) if isinstance(row, TrackedInstance) else after
+        return results
+
+    @overload
+    def observe_batched(self, items: Sequence[tuple[InstanceRecord, Observation]], *,
+                        actor: str | None = None) -> builtins.list[InstanceRecord | None]: ...
+
+    @overload
+    def observe_batched(self, items: Sequence[tuple[TrackedInstance, Observation]], *,
+                        actor: str | None = None) -> builtins.list[TrackedInstance | None]: ...
+
+    def observe_batched(self, items: Sequence[tuple[Any, Observation]], *,
+                        actor: str | None = None) -> builtins.list[Any]:
+        """The half of ``observe_many`` that commits together; None marks the rest.
+
+        Each item is decided by the same code ``observe`` runs, against the row given
+        instead of a fresh read. The simple outcomes — nothing to write, or exactly one
+        transition — are done here: the transitions by one ``store.transition_many``,
+        with their history and webhook messages, and listeners hear of them after the
+        commit. Their entry is the row after the observation (of the kind given).
+
+        Every other item's entry is None: the caller passes it to ``observe``, which
+        reads the row afresh. That is facts-only updates, drift, a second transition (a
+        CREATING row found running), a health gate with probes to run, a row that moved
+        since it was read (a conflict), a row another thread is working on, and every
+        item when the batch write itself fails. Nothing here raises for one item.
+
+        A reconcile pass uses this rather than ``observe_many`` so the items that need
+        ``observe`` are handled in row order with the rest of their row's work, as they
+        were before batching. When ``observe`` is overridden (a subclass, a test double)
+        every entry is None: an override must see every observation.
+        """
+        if "observe" in vars(self) or type(self).observe is not Fleet.observe:
+            return [None] * len(items)
+        results: builtins.list[Any] = [row for row, _ in items]
+        for i in self._observe_batch(items, results, actor or self.actor):
+            results[i] = None
+        return results
 
     def time_out(self, instance_id: str, *, reason: str) -> InstanceRecord:
         """The clock's observation: the instance sat in its state past the deadline.
@@ -391,6 +492,84 @@ class Fleet:
             known = ", ".join(sorted(self.adapters)) or "none"
             raise ValidationError("provider", f"no adapter for {provider!r} (have: {known})",
                                   value=provider) from None
+
+    def _observe_batch(self, items: Sequence[tuple[Any, Observation]],
+                       results: MutableSequence[Any], actor: str) -> MutableSequence[int]:
+        """Decide every item, commit the single transitions together, update ``results``.
+
+        Returns the indexes left for the single path, in order.
+        """
+        now = self.clock.now()
+        rehearsal = _Rehearsal(self, now)
+        planned = []
+        single = []
+        with rehearsal.hushed():
+            for i, (row, observation) in enumerate(items):
+                try:
+                    plan = rehearsal.plan(row, observation, actor)
+                except _NotSimple:
+                    single.append(i)
+                    continue
+                except Exception:  # the single path meets it again, and reports it
+                    log.debug("planning the observation of %s failed", row.id,
+                              exc_info=True)
+                    single.append(i)
+                    continue
+                if plan is not None:
+                    planned.append((i, plan))
+        if planned:
+            single.extend(self._commit_planned(planned, results, actor, now))
+            single.sort()
+        return single
+
+    def _commit_planned(self, planned: Sequence[tuple[int, _Plan]],
+                        results: MutableSequence[Any], actor: str, at: datetime
+                        ) -> MutableSequence[int]:
+        """One transition_many for the planned moves; returns the indexes it did not apply.
+
+        Each instance's lock is taken without waiting: one held by another thread (a
+        command under way) sends that instance to the single path, which waits its turn.
+        """
+        held = []
+        mine = []
+        busy = []
+        for i, plan in planned:
+            holder = self._lock_holder(plan.move.instance_id)
+            if holder.lock.acquire(blocking=False):
+                held.append(holder)
+                mine.append((i, plan))
+            else:
+                busy.append(i)
+        try:
+            if not mine:
+                return busy
+            try:
+                outcome = self.store.transition_many([p.move for _, p in mine], actor=actor,
+                                                     at=at)
+            except Exception:
+                log.warning("batched write of %d observations failed: applying them one by "
+                            "one", len(mine), exc_info=True)
+                return sorted(busy + [i for i, _ in mine])
+            left = busy
+            for i, plan in mine:
+                if plan.move.instance_id in outcome.applied:
+                    results[i] = plan.after
+                    for heard in plan.heard:
+                        self._notify(heard)
+                else:
+                    left.append(i)
+            return left
+        finally:
+            for holder in held:
+                holder.lock.release()
+
+    def _lock_holder(self, instance_id: str) -> _InstanceLock:
+        with self._locks_guard:
+            holder = self._locks.get(instance_id)
+            if holder is None:
+                holder = _InstanceLock()
+                self._locks[instance_id] = holder
+        return holder
 
     def _lock(self, instance_id: str) -> _Held:
         """This process's lock for one instance: one worker owns an instance at a time."""
@@ -559,6 +738,10 @@ class Fleet:
                                  "last_seen_at": self.clock.now()}
         if seen.ip is not None:
             facts["ip"] = seen.ip
+        if record.provider_instance_id is None and record.state is not S.CREATING:
+            # found by tag after the row moved on (a launch in doubt, then terminated):
+            # keep the id, or nothing could ever terminate the instance
+            facts["provider_instance_id"] = seen.provider_instance_id
         if seen.price_per_hour is not None:
             facts["price_per_hour"] = seen.price_per_hour
         if record.state is S.CREATING and seen.state is not S.TERMINATED:
@@ -570,7 +753,7 @@ class Fleet:
                         "state left at %s", record.provider, seen.raw_status, record.id,
                         record.state)
             return self._facts(record, facts)
-        if seen.state is record.state or (grace and self._stale(record, seen.state)):
+        if seen.state is record.state or (grace and self._stale(record, seen)):
             return self._facts(record, facts)
         if seen.state is S.RUNNING and record.state is not S.RUNNING:
             gated = self._health_gate(record, seen, facts, actor)
@@ -622,11 +805,14 @@ class Fleet:
                 actor=actor)
         return self._facts(record, facts)
 
-    def _stale(self, record: InstanceRecord, seen: InstanceState) -> bool:
-        """A reading of the state our own command just left, inside the grace window."""
+    def _stale(self, record: InstanceRecord, seen: ProviderInstance) -> bool:
+        """The provider still says exactly what it said before our command, inside the
+        grace window: it has not acted yet. Once it has said anything else (``rebooting``
+        after a restart), its next reading is news, so a quick restart is not held up."""
         return (
-            seen is record.previous_state
+            seen.state is record.previous_state
             and _KIND[record.entered_by] is EdgeKind.COMMAND
+            and (record.last_raw_status is None or seen.raw_status == record.last_raw_status)
             and (self.clock.now() - record.state_entered_at).total_seconds()
             < self.command_grace
         )
@@ -679,3 +865,149 @@ def _health_spec(record: InstanceRecord) -> HealthSpec | None:
     except PydanticValidationError:
         log.warning("instance %s has an unreadable health spec: gate skipped", record.id)
         return None
+
+
+class _NotSimple(Exception):
+    """This observation needs the single path (anything but nothing or one transition)."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    move: Move  # the one transition to commit
+    after: Any  # the row after it, of the kind given (record or tracked)
+    heard: tuple[TransitionEvent, ...]  # what listeners hear once it is committed
+
+
+class _Instant:
+    """A clock stopped at one instant: every move of a batch carries the batch's time."""
+
+    def __init__(self, now: datetime, clock: Clock) -> None:
+        self._now = now
+        self._clock = clock
+
+    def now(self) -> datetime:
+        return self._now
+
+    def monotonic(self) -> float:
+        return self._clock.monotonic()
+
+    def sleep(self, seconds: float) -> None:
+        self._clock.sleep(seconds)
+
+
+class _Rehearsal:
+    """Runs ``Fleet._observe`` for real, against a store that only takes notes.
+
+    Why rehearse instead of re-stating the rules: the batch path must decide exactly as
+    ``observe`` does (grace, drift, the health gate, ids found by tag …), and those rules
+    keep changing; a second copy of them would drift. So a shallow copy of the Fleet,
+    whose ``store`` is this object, whose clock is stopped at the batch's instant, whose
+    listeners are a list and whose health gate only asks "are there probes?", runs
+    ``_observe`` on each row. The store it sees answers one ``transition`` (kept as a
+    Move, and answered with the row as the real store would return it) and nothing
+    else: a second transition, an ``update``, ``record_drift`` or a read raise
+    ``_NotSimple``, and that instance goes down the single path instead.
+
+    What this relies on, and tests/test_reconcile_batch.py checks by comparing both
+    paths: ``_observe`` writes only through ``self.store``, announces only through
+    ``self._notify``, reads time only from ``self.clock``, and calls the provider only
+    from ``_health_gate``.
+    """
+
+    def __init__(self, fleet: Fleet, now: datetime) -> None:
+        self._real = fleet.store
+        self._hush = _Hush()
+        self._heard: list[TransitionEvent] = []
+        self._row: Any = None
+        self._move: Move | None = None
+        shadow = copy.copy(fleet)
+        shadow.store = cast(InstanceStore, self)
+        shadow.clock = _Instant(now, fleet.clock)
+        # instance attributes shadow the methods, on this copy only
+        setattr(shadow, "_notify", self._heard.append)  # noqa: B010
+        setattr(shadow, "_health_gate", self._gate)  # noqa: B010
+        self._shadow = shadow
+
+    @contextmanager
+    def hushed(self) -> Iterator[None]:
+        """While planning, this thread's ``gpufsm.fleet`` log lines wait for the verdict.
+
+        A rehearsal that ends on the single path would otherwise log twice (its own
+        "drift on …" or "unknown raw status" line, then the real one's).
+        """
+        log.addFilter(self._hush)
+        try:
+            yield
+        finally:
+            log.removeFilter(self._hush)
+
+    def plan(self, row: Any, observation: Observation, actor: str) -> _Plan | None:
+        """None when nothing is to be written; raises _NotSimple for the single path."""
+        self._row, self._move = row, None
+        self._heard.clear()
+        self._hush.held.clear()
+        self._hush.active = True
+        try:
+            after = self._shadow._observe(row, observation, actor)
+        except AttributeError as exc:  # a TrackedInstance lacks what this needs
+            raise _NotSimple(str(exc)) from None
+        finally:
+            self._hush.active = False
+        self._hush.replay()  # decided here: its log lines are the only ones
+        if self._move is None:
+            return None
+        return _Plan(self._move, after, tuple(self._heard))
+
+    def transition(self, instance_id: str, *, expected_version: int,
+                   from_state: InstanceState, to_state: InstanceState, event: Event,
+                   kind: EdgeKind, actor: str, at: datetime, reason: str | None = None,
+                   raw_status: str | None = None, changes: Mapping[str, Any] | None = None,
+                   outbox: Sequence[tuple[str, dict[str, Any]]] = ()) -> Any:
+        row = self._row
+        if self._move is not None or instance_id != row.id or expected_version != row.version:
+            raise _NotSimple("more than one transition")
+        self._move = Move(instance_id, expected_version, from_state, to_state, event, kind,
+                          reason, raw_status, dict(changes or {}), tuple(outbox))
+        written = self._move.written(at)
+        if isinstance(row, TrackedInstance):
+            return row._replace(**{k: v for k, v in written.items() if k in _TRACKED})
+        return row.with_changes(**written)
+
+    def _gate(self, record: Any, seen: ProviderInstance, facts: dict[str, Any],
+              actor: str) -> InstanceRecord | None:
+        """Let ``observed_running`` through when no probes are configured; else single."""
+        full = record if isinstance(record, InstanceRecord) else self._real.get(record.id)
+        if full.version != record.version:
+            raise _NotSimple("the row moved since it was read")
+        spec = _health_spec(full)
+        if spec is None or spec.is_empty:
+            return None
+        raise _NotSimple("health probes to run")
+
+    def __getattr__(self, name: str) -> Any:
+        # any other store method (update, record_drift, get …) is not a simple move
+        raise _NotSimple(name)
+
+
+_TRACKED = frozenset(TrackedInstance._fields)
+
+
+class _Hush(logging.Filter):
+    """Holds back the planning thread's records while ``active``; ``replay`` sends them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.thread = threading.get_ident()
+        self.active = False
+        self.held: list[logging.LogRecord] = []
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self.active and record.thread == self.thread:
+            self.held.append(record)
+            return False
+        return True
+
+    def replay(self) -> None:
+        held, self.held = self.held, []
+        for record in held:
+            log.handle(record)

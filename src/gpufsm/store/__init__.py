@@ -7,22 +7,29 @@ from gpufsm.store._migrate import current_revision, head_revision, upgrade
 from gpufsm.store._protocol import InstanceStore
 from gpufsm.store._records import (
     MUTABLE_FIELDS,
+    BatchOutcome,
     DriftRecord,
     InstanceRecord,
+    Move,
     OutboxMessage,
+    TrackedInstance,
     TransitionRecord,
 )
-from gpufsm.store._sql import SqlInstanceStore, make_engine
+from gpufsm.store._sql import SqlInstanceStore, gc_paused, make_engine
 
 __all__ = [
     "MUTABLE_FIELDS",
+    "BatchOutcome",
     "DriftRecord",
     "InstanceRecord",
     "InstanceStore",
+    "Move",
     "OutboxMessage",
     "SqlInstanceStore",
+    "TrackedInstance",
     "TransitionRecord",
     "current_revision",
+    "gc_paused",
     "head_revision",
     "make_engine",
     "upgrade",

@@ -7,7 +7,15 @@ from datetime import datetime
 from typing import Any, Protocol, runtime_checkable
 
 from gpufsm.machines import EdgeKind, Event, InstanceState
-from gpufsm.store._records import DriftRecord, InstanceRecord, OutboxMessage, TransitionRecord
+from gpufsm.store._records import (
+    BatchOutcome,
+    DriftRecord,
+    InstanceRecord,
+    Move,
+    OutboxMessage,
+    TrackedInstance,
+    TransitionRecord,
+)
 
 __all__ = ["InstanceStore"]
 
@@ -19,6 +27,11 @@ class InstanceStore(Protocol):
     Every write checks the version the caller read (optimistic concurrency) and raises
     VersionConflict when someone else moved the row first. A transition and its history
     row are committed together or not at all.
+
+    For fleets: ``transition_many`` commits many moves in one transaction and reports
+    the stale ones (``BatchOutcome.conflicts``) instead of raising; ``list_tracked``
+    returns the slim TrackedInstance view of the rows ``list`` returns, and
+    ``find_tracked`` is ``find`` for many tags and provider ids at once.
     """
 
     def insert(self, record: InstanceRecord, *, actor: str, reason: str | None = None,
@@ -41,6 +54,9 @@ class InstanceStore(Protocol):
         outbox: Sequence[tuple[str, dict[str, Any]]] = (),
     ) -> InstanceRecord: ...
 
+    def transition_many(self, moves: Sequence[Move], *, actor: str, at: datetime
+                        ) -> BatchOutcome: ...
+
     def update(self, instance_id: str, *, expected_version: int, at: datetime,
                changes: Mapping[str, Any]) -> InstanceRecord: ...
 
@@ -55,6 +71,13 @@ class InstanceStore(Protocol):
 
     def list(self, *, provider: str | None = None,
              states: Iterable[InstanceState] | None = None) -> Sequence[InstanceRecord]: ...
+
+    def find_tracked(self, provider: str, *, tags: Iterable[str] = (),
+                     provider_instance_ids: Iterable[str] = ()) -> Sequence[TrackedInstance]: ...
+
+    def list_tracked(self, *, provider: str | None = None,
+                     states: Iterable[InstanceState] | None = None
+                     ) -> Sequence[TrackedInstance]: ...
 
     def history(self, instance_id: str) -> Sequence[TransitionRecord]: ...
 

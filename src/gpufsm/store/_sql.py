@@ -4,34 +4,53 @@ Writes are single short transactions of Core statements (no ORM unit of work): t
 UPDATE carries ``WHERE version = :expected`` and ``RETURNING`` the new row, and the
 history INSERT rides in the same transaction. Provider calls never happen in here; the
 engine commits first and calls after.
+
+A reconcile pass over a large fleet needs two more things, both here:
+
+* **batched writes** — ``transition_many`` applies many moves in one transaction with
+  one ``executemany`` per statement shape, and reports the moves whose row moved on
+  (conflicts) instead of raising, so one stale row does not cost the others a commit;
+* **cheap reads** — rows are read as raw driver values in a fixed column order and
+  turned into records by one closure per store (no per-column type objects, no
+  mapping look-ups), statements are built once, and ``list_tracked`` reads only what a
+  pass needs. See ``_GcPause`` for why the collector is paused while lists are built.
 """
 
 from __future__ import annotations
 
 import fcntl
+import gc
+import json
 import logging
 import os
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 from sqlalchemy import (
     Connection,
     Engine,
     Row,
+    Select,
     Table,
+    Update,
+    bindparam,
     create_engine,
     event,
     insert,
     or_,
     select,
+    type_coerce,
     update,
 )
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.pool import StaticPool
+from sqlalchemy.sql.elements import ColumnElement
+from sqlalchemy.types import NullType
 
 from gpufsm.errors import InstanceNotFound, StoreError, VersionConflict
 from gpufsm.machines import EdgeKind, Event, InstanceState
@@ -39,13 +58,16 @@ from gpufsm.store._migrate import current_revision, head_revision, upgrade
 from gpufsm.store._models import DriftRow, InstanceRow, OutboxRow, TransitionRow
 from gpufsm.store._records import (
     MUTABLE_FIELDS,
+    BatchOutcome,
     DriftRecord,
     InstanceRecord,
+    Move,
     OutboxMessage,
+    TrackedInstance,
     TransitionRecord,
 )
 
-__all__ = ["SqlInstanceStore", "make_engine"]
+__all__ = ["SqlInstanceStore", "gc_paused", "make_engine"]
 
 log = logging.getLogger("gpufsm.store")
 
@@ -53,6 +75,157 @@ _I = cast(Table, InstanceRow.__table__)
 _T = cast(Table, TransitionRow.__table__)
 _D = cast(Table, DriftRow.__table__)
 _O = cast(Table, OutboxRow.__table__)
+
+#: InstanceRecord's fields in declaration order: the order rows are selected in, so a row
+#: becomes a record by position.
+_RECORD_COLUMNS: tuple[str, ...] = tuple(InstanceRecord.__dataclass_fields__)
+_TRACKED_COLUMNS: tuple[str, ...] = TrackedInstance._fields
+#: One SELECT chunk of ids: well under SQLite's and PostgreSQL's bound-parameter limits.
+_ID_CHUNK = 1000
+#: How often transition_many re-runs a batch a concurrent writer slipped into (SQLite
+#: reads before it takes the write lock) before it falls back to one move at a time.
+_BATCH_ATTEMPTS = 3
+
+
+def _raw(names: Iterable[str]) -> list[ColumnElement[Any]]:
+    """The columns as the driver returns them: no SQLAlchemy result processing.
+
+    The record readers below convert each value themselves, once, in one closure: the
+    per-value type processors (and the UtcDateTime decorator) were most of list()'s time.
+    """
+    return [type_coerce(_I.c[name], NullType()).label(name) for name in names]
+
+
+_RECORD_SELECT = _raw(_RECORD_COLUMNS)
+_TRACKED_SELECT = _raw(_TRACKED_COLUMNS)
+_STATES: dict[str, InstanceState] = {s.value: s for s in InstanceState}
+_EVENTS: dict[str, Event] = {e.value: e for e in Event}
+_V = TypeVar("_V")
+
+
+def _state(value: str) -> InstanceState:
+    return _STATES.get(value) or InstanceState(value)  # the enum names a bad value
+
+
+def _state_or_none(value: str | None) -> InstanceState | None:
+    return None if value is None else _state(value)
+
+
+def _event(value: str) -> Event:
+    return _EVENTS.get(value) or Event(value)
+
+
+def _json_value(value: Any) -> Any:
+    # SQLite hands back the JSON text; psycopg has decoded it already
+    return json.loads(value) if isinstance(value, str | bytes) else value
+
+
+def _sqlite_stamp(value: str | datetime | None) -> datetime | None:
+    """SQLite keeps naive UTC text ("2026-01-01 00:00:00.000000"): the zone goes back on."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _aware_stamp(value: datetime | None) -> datetime | None:
+    """What UtcDateTime.process_result_value does, for drivers that return datetimes."""
+    if value is None:
+        return None
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _record_reader(sqlite: bool) -> Callable[[Sequence[Any]], InstanceRecord]:
+    """Raw row (``_RECORD_COLUMNS`` order) → InstanceRecord, for one backend.
+
+    A closure over local names rather than a method with look-ups: on 100k rows every
+    attribute access shows.
+    """
+    stamp = _sqlite_stamp if sqlite else _aware_stamp
+    state, state_or_none, event_of, as_json = _state, _state_or_none, _event, _json_value
+
+    def record(v: Sequence[Any]) -> InstanceRecord:
+        return InstanceRecord(
+            v[0], v[1], state(v[2]), v[3], v[4], v[5], v[6], bool(v[7]), as_json(v[8]),
+            cast(datetime, stamp(v[9])), cast(datetime, stamp(v[10])),
+            cast(datetime, stamp(v[11])), v[12], v[13], v[14], v[15], v[16], v[17], v[18],
+            stamp(v[19]), state_or_none(v[20]), event_of(v[21]), as_json(v[22]),
+        )
+
+    return record
+
+
+def _tracked_reader(sqlite: bool) -> Callable[[Sequence[Any]], TrackedInstance]:
+    """Raw row (``_TRACKED_COLUMNS`` order) → TrackedInstance; make one per list.
+
+    Values that repeat across a fleet (provider names, raw statuses, prices) are shared
+    through a dict that lives as long as the reader, which saves ~100 bytes per row.
+    """
+    stamp = _sqlite_stamp if sqlite else _aware_stamp
+    common: dict[Any, Any] = {}
+    share = common.setdefault
+    states, events, state, event_of = _STATES, _EVENTS, _state, _event
+    tuple_new = tuple.__new__
+    tracked_cls = TrackedInstance
+
+    def tracked(v: Sequence[Any]) -> TrackedInstance:
+        prev, raw, price = v[10], v[12], v[14]
+        # tuple.__new__ directly: the NamedTuple's generated __new__ is a Python call
+        return tuple_new(tracked_cls, (
+            v[0], share(v[1], v[1]), states.get(v[2]) or state(v[2]), v[3], v[4], v[5],
+            v[6], bool(v[7]), stamp(v[8]), stamp(v[9]),
+            None if prev is None else (states.get(prev) or state(prev)),
+            events.get(v[11]) or event_of(v[11]),
+            None if raw is None else share(raw, raw), v[13],
+            None if price is None else share(price, price),
+        ))
+
+    return tracked
+
+
+class _GcPause:
+    """Pause the cyclic garbage collector while large structures of plain values are built.
+
+    Why: building an entry per instance for 100k instances (records, a listing, the
+    observations of a pass) allocates a million objects, and CPython runs a collection
+    every 700 net container allocations; its full collections re-walk every object alive,
+    ~0.2 s each at that size, and a 100k-row list or pass triggered several. Nothing
+    built there forms a reference cycle, so pausing frees nothing late; cyclic garbage
+    made meanwhile waits until the collector resumes. Nestable and thread-safe: the last
+    one out turns the collector back on, and only if it was on when the first came in.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._inside = 0
+        self._resume = False
+
+    @contextmanager
+    def __call__(self) -> Iterator[None]:
+        with self._lock:
+            if self._inside == 0:
+                self._resume = gc.isenabled()
+                gc.disable()
+            self._inside += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._inside -= 1
+                if self._inside == 0 and self._resume:
+                    gc.enable()
+
+
+#: ``with gc_paused(): ...`` — see _GcPause. Used by the store while it builds lists of
+#: records, and by the reconciler for a pass's per-instance structures.
+gc_paused = _GcPause()
+_gc_paused = gc_paused  # the store's own uses go through this name (patchable in profiles)
+
+
+def _chunks(items: Sequence[_V], size: int) -> Iterator[Sequence[_V]]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
 
 
 def make_engine(url: str, *, sqlite_synchronous: str = "FULL") -> Engine:
@@ -103,6 +276,11 @@ class SqlInstanceStore:
         self.engine = (url if isinstance(url, Engine)
                        else make_engine(url, sqlite_synchronous=sqlite_synchronous))
         self._sqlite = self.engine.dialect.name == "sqlite"
+        self._record = _record_reader(self._sqlite)
+        # Statements are built once per shape and reused: building a Core construct costs
+        # more than executing a cached compiled one.
+        self._updates: dict[tuple[frozenset[str], bool, bool], Update] = {}
+        self._lists: dict[tuple[bool, bool, bool], Select[Any]] = {}
         if migrate is None:
             migrate = self._sqlite
         try:
@@ -215,35 +393,105 @@ class SqlInstanceStore:
         transaction, so a transition is announced if and only if it happened.
         """
         _aware(at)
-        values = _checked(changes)
-        values.update(state=to_state.value, version=expected_version + 1, updated_at=at)
-        if to_state != from_state:
-            values.update(state_entered_at=at, previous_state=from_state.value)
-        values["entered_by"] = event.value
-        if raw_status is not None:
-            values.setdefault("last_raw_status", raw_status)
+        move = Move(instance_id, expected_version, from_state, to_state, event, kind,
+                    reason, raw_status, changes, outbox)
+        values = _columns(move.written(at))
         with self._tx() as conn:
             row = conn.execute(
-                update(_I)
-                .where(_I.c.id == instance_id, _I.c.version == expected_version,
-                       _I.c.state == from_state.value)
-                .values(values)
-                .returning(*_I.c)
-            ).first()
+                self._update_stmt(frozenset(values), checks_state=True, returning=True),
+                _update_params(move, values)).first()
             if row is None:
                 self._raise_missing_or_conflict(conn, instance_id, expected_version)
-            conn.execute(insert(_T).values(
-                instance_id=instance_id, from_state=from_state.value, to_state=to_state.value,
-                event=event.value, kind=kind.value, actor=actor, reason=reason,
-                raw_status=raw_status, version=expected_version + 1, at=at,
-            ))
+            conn.execute(insert(_T), _history_row(move, actor, at))
             if outbox:
-                conn.execute(insert(_O), [
-                    {"instance_id": instance_id, "url": url, "payload": payload,
-                     "created_at": at, "attempts": 0, "next_attempt_at": at}
-                    for url, payload in outbox])
+                conn.execute(insert(_O), _outbox_rows(move, at))
         assert row is not None
-        return _from_row(row)
+        return self._record(row)
+
+    def transition_many(self, moves: Sequence[Move], *, actor: str, at: datetime
+                        ) -> BatchOutcome:
+        """Apply many moves in one transaction; report the stale ones instead of raising.
+
+        Each move is what ``transition`` would write (state UPDATE checked on version
+        and state, one history row, its outbox messages) and is applied whole or not at
+        all: a move whose row is no longer at ``expected_version`` and ``from_state``
+        (or no longer exists) writes nothing and is listed in ``conflicts``, and the
+        others still commit. On PostgreSQL the rows are locked first (in id order, so
+        two batches cannot deadlock); SQLite has a single writer, and a writer that
+        slips in between this batch's read and its update only makes it run again.
+
+        One move per instance: two moves of one row in one batch would make the second
+        depend on the first, which is what separate calls are for. A database error
+        raises StoreError and writes nothing.
+        """
+        _aware(at)
+        if not moves:
+            return BatchOutcome({})
+        ids = [m.instance_id for m in moves]
+        if len(set(ids)) != len(ids):
+            raise ValueError("transition_many takes at most one move per instance")
+        values = [_columns(m.written(at)) for m in moves]  # every move checked up front
+        for _ in range(_BATCH_ATTEMPTS):
+            try:
+                return self._transition_batch(moves, values, actor, at)
+            except _Raced:
+                log.info("a concurrent writer moved rows of a batch of %d: running it again",
+                         len(moves))
+        return self._transition_one_by_one(moves, actor, at)
+
+    def _transition_batch(self, moves: Sequence[Move], values: Sequence[dict[str, Any]],
+                          actor: str, at: datetime) -> BatchOutcome:
+        with self._tx() as conn:
+            current = self._positions(conn, [m.instance_id for m in moves])
+            go = [i for i, m in enumerate(moves)
+                  if current.get(m.instance_id) == (m.expected_version, m.from_state.value)]
+            groups: dict[frozenset[str], list[dict[str, Any]]] = {}
+            for i in go:
+                groups.setdefault(frozenset(values[i]), []).append(
+                    _update_params(moves[i], values[i]))
+            for columns, params in groups.items():
+                stmt = self._update_stmt(columns, checks_state=True, returning=False)
+                if conn.execute(stmt, params).rowcount != len(params):
+                    raise _Raced  # rolls the whole batch back
+            if go:
+                conn.execute(insert(_T), [_history_row(moves[i], actor, at) for i in go])
+                mail = [row for i in go for row in _outbox_rows(moves[i], at)]
+                if mail:
+                    conn.execute(insert(_O), mail)
+        taken = set(go)
+        return BatchOutcome(
+            {moves[i].instance_id: moves[i].expected_version + 1 for i in go},
+            tuple(m.instance_id for i, m in enumerate(moves) if i not in taken))
+
+    def _positions(self, conn: Connection, ids: Sequence[str]) -> dict[str, tuple[int, str]]:
+        """id → (version, state) of these rows; locked on PostgreSQL, in id order."""
+        found: dict[str, tuple[int, str]] = {}
+        for chunk in _chunks(sorted(ids), _ID_CHUNK):
+            query = select(_I.c.id, _I.c.version, _I.c.state).where(_I.c.id.in_(chunk))
+            if not self._sqlite:
+                # NO KEY UPDATE: the lock the UPDATE itself takes (the key never changes),
+                # so history inserts elsewhere that reference these rows are not blocked
+                query = query.order_by(_I.c.id).with_for_update(key_share=True)
+            found.update((r[0], (r[1], r[2])) for r in conn.execute(query))
+        return found
+
+    def _transition_one_by_one(self, moves: Sequence[Move], actor: str, at: datetime
+                               ) -> BatchOutcome:
+        """The last resort when batches keep racing: each move in its own transaction."""
+        applied: dict[str, int] = {}
+        conflicts: list[str] = []
+        for m in moves:
+            try:
+                after = self.transition(
+                    m.instance_id, expected_version=m.expected_version,
+                    from_state=m.from_state, to_state=m.to_state, event=m.event,
+                    kind=m.kind, actor=actor, at=at, reason=m.reason,
+                    raw_status=m.raw_status, changes=m.changes, outbox=m.outbox)
+            except (VersionConflict, InstanceNotFound):
+                conflicts.append(m.instance_id)
+            else:
+                applied[m.instance_id] = after.version
+        return BatchOutcome(applied, tuple(conflicts))
 
     def update(self, instance_id: str, *, expected_version: int, at: datetime,
                changes: Mapping[str, Any]) -> InstanceRecord:
@@ -255,17 +503,37 @@ class SqlInstanceStore:
         _aware(at)
         values = _checked(changes)
         values["updated_at"] = at
+        params = {f"v_{k}": v for k, v in values.items()}
+        params.update(w_id=instance_id, w_version=expected_version)
         with self._tx() as conn:
             row = conn.execute(
-                update(_I)
-                .where(_I.c.id == instance_id, _I.c.version == expected_version)
-                .values(values)
-                .returning(*_I.c)
-            ).first()
+                self._update_stmt(frozenset(values), checks_state=False, returning=True),
+                params).first()
             if row is None:
                 self._raise_missing_or_conflict(conn, instance_id, expected_version)
         assert row is not None
-        return _from_row(row)
+        return self._record(row)
+
+    def _update_stmt(self, columns: frozenset[str], *, checks_state: bool, returning: bool
+                     ) -> Update:
+        """``UPDATE … SET <columns> WHERE id AND version [AND state]``, built once per shape.
+
+        New values bind as ``v_<column>``, the checks as ``w_id``, ``w_version`` and
+        ``w_state``, so one statement serves ``execute`` and ``executemany`` alike.
+        """
+        key = (columns, checks_state, returning)
+        stmt = self._updates.get(key)
+        if stmt is None:
+            checks = [_I.c.id == bindparam("w_id"), _I.c.version == bindparam("w_version")]
+            if checks_state:
+                checks.append(_I.c.state == bindparam("w_state"))
+            stmt = update(_I).where(*checks).values(
+                {name: bindparam(f"v_{name}", type_=_I.c[name].type)
+                 for name in sorted(columns)})
+            if returning:
+                stmt = stmt.returning(*_RECORD_SELECT)
+            self._updates[key] = stmt
+        return stmt
 
     def record_drift(self, instance_id: str, *, state: InstanceState, event: Event,
                      actor: str, at: datetime, raw_status: str | None = None,
@@ -315,9 +583,9 @@ class SqlInstanceStore:
                 update(_I).where(_I.c.id.in_(pick.scalar_subquery()))
                 .values(lease_owner=owner,
                         lease_expires_at=now + timedelta(seconds=ttl))
-                .returning(*_I.c)
+                .returning(*_RECORD_SELECT)
             ).all()
-        return [_from_row(r) for r in rows]
+        return [self._record(r) for r in rows]
 
     def release(self, owner: str, instance_ids: Sequence[str] | None = None) -> int:
         """Give up ``owner``'s leases (all of them, or these); return how many."""
@@ -373,33 +641,80 @@ class SqlInstanceStore:
 
     def get(self, instance_id: str) -> InstanceRecord:
         with self._tx() as conn:
-            row = conn.execute(select(_I).where(_I.c.id == instance_id)).first()
+            row = conn.execute(select(*_RECORD_SELECT).where(_I.c.id == instance_id)).first()
         if row is None:
             raise InstanceNotFound(instance_id)
-        return _from_row(row)
+        return self._record(row)
 
     def find(self, provider: str, *, provider_instance_id: str | None = None,
              tag: str | None = None) -> InstanceRecord | None:
         if (provider_instance_id is None) == (tag is None):
             raise ValueError("find by exactly one of provider_instance_id or tag")
-        query = select(_I).where(_I.c.provider == provider)
+        query = select(*_RECORD_SELECT).where(_I.c.provider == provider)
         if provider_instance_id is not None:
             query = query.where(_I.c.provider_instance_id == provider_instance_id)
         else:
             query = query.where(_I.c.tag == tag)
         with self._tx() as conn:
             row = conn.execute(query.limit(1)).first()
-        return None if row is None else _from_row(row)
+        return None if row is None else self._record(row)
 
     def list(self, *, provider: str | None = None,
              states: Iterable[InstanceState] | None = None) -> Sequence[InstanceRecord]:
-        query = select(_I).order_by(_I.c.created_at, _I.c.id)
-        if provider is not None:
-            query = query.where(_I.c.provider == provider)
-        if states is not None:
-            query = query.where(_I.c.state.in_([s.value for s in states]))
+        """Every row (or a provider's, or those in ``states``), oldest first."""
+        return self._listed(self._record, False, provider, states)
+
+    def list_tracked(self, *, provider: str | None = None,
+                     states: Iterable[InstanceState] | None = None
+                     ) -> Sequence[TrackedInstance]:
+        """What ``list`` returns, as the slim TrackedInstance view: what a pass holds.
+
+        Same rows, same order; no spec, health, error text or update times, so 100k
+        rows load in a fraction of the time and memory of 100k InstanceRecords.
+        """
+        return self._listed(_tracked_reader(self._sqlite), True, provider, states)
+
+    def find_tracked(self, provider: str, *, tags: Iterable[str] = (),
+                     provider_instance_ids: Iterable[str] = ()) -> Sequence[TrackedInstance]:
+        """The rows of ``provider`` carrying any of these tags or provider ids, slim.
+
+        ``find`` for many at once (a reconcile pass matching a whole listing against its
+        rows): one query per thousand values instead of one per value. Any state, oldest
+        first; a row matching both a tag and an id comes once.
+        """
+        read = _tracked_reader(self._sqlite)
+        found: dict[str, TrackedInstance] = {}
         with self._tx() as conn:
-            return [_from_row(r) for r in conn.execute(query)]
+            for column, values in ((_I.c.tag, sorted(set(tags))),
+                                   (_I.c.provider_instance_id, sorted(set(provider_instance_ids)))):
+                for chunk in _chunks(values, _ID_CHUNK):
+                    query = select(*_TRACKED_SELECT).where(_I.c.provider == provider,
+                                                           column.in_(chunk))
+                    for row in conn.execute(query):
+                        found.setdefault(row[0], read(row))
+        return sorted(found.values(), key=lambda r: (r.created_at, r.id))
+
+    def _listed(self, read: Callable[[Sequence[Any]], _V], tracked: bool,
+                provider: str | None, states: Iterable[InstanceState] | None) -> Sequence[_V]:
+        params: dict[str, Any] = {}
+        if provider is not None:
+            params["provider"] = provider
+        if states is not None:
+            params["states"] = [InstanceState(s).value for s in states]
+            if not params["states"]:
+                return []
+        key = (tracked, provider is not None, states is not None)
+        query = self._lists.get(key)
+        if query is None:
+            query = select(*(_TRACKED_SELECT if tracked else _RECORD_SELECT)).order_by(
+                _I.c.created_at, _I.c.id)
+            if provider is not None:
+                query = query.where(_I.c.provider == bindparam("provider"))
+            if states is not None:
+                query = query.where(_I.c.state.in_(bindparam("states", expanding=True)))
+            self._lists[key] = query
+        with self._tx() as conn, _gc_paused():
+            return [read(r) for r in conn.execute(query, params)]
 
     def history(self, instance_id: str) -> Sequence[TransitionRecord]:
         with self._tx() as conn:
@@ -459,21 +774,40 @@ def _to_row(record: InstanceRecord) -> dict[str, Any]:
     }
 
 
-def _from_row(row: Row[Any]) -> InstanceRecord:
-    m = row._mapping
-    return InstanceRecord(
-        id=m["id"], provider=m["provider"], state=InstanceState(m["state"]),
-        version=m["version"], client_token=m["client_token"], tag=m["tag"], name=m["name"],
-        billable=bool(m["billable"]), spec=m["spec"], created_at=m["created_at"],
-        updated_at=m["updated_at"], state_entered_at=m["state_entered_at"],
-        provider_instance_id=m["provider_instance_id"], region=m["region"],
-        instance_type=m["instance_type"], price_per_hour=m["price_per_hour"], ip=m["ip"],
-        last_raw_status=m["last_raw_status"], last_error=m["last_error"],
-        last_seen_at=m["last_seen_at"],
-        previous_state=None if m["previous_state"] is None else InstanceState(m["previous_state"]),
-        entered_by=Event(m["entered_by"]),
-        health=m["health"],
-    )
+class _Raced(Exception):
+    """A batch's UPDATE matched fewer rows than its read promised: run it again."""
+
+
+_ENUM_COLUMNS = ("state", "previous_state", "entered_by")
+
+
+def _columns(written: dict[str, Any]) -> dict[str, Any]:
+    """Record fields (enums) → column values (their strings), in place."""
+    for name in _ENUM_COLUMNS:
+        value = written.get(name)
+        if value is not None:
+            written[name] = value.value
+    return written
+
+
+def _update_params(move: Move, values: Mapping[str, Any]) -> dict[str, Any]:
+    params = {f"v_{k}": v for k, v in values.items()}
+    params.update(w_id=move.instance_id, w_version=move.expected_version,
+                  w_state=move.from_state.value)
+    return params
+
+
+def _history_row(move: Move, actor: str, at: datetime) -> dict[str, Any]:
+    return {"instance_id": move.instance_id, "from_state": move.from_state.value,
+            "to_state": move.to_state.value, "event": move.event.value,
+            "kind": move.kind.value, "actor": actor, "reason": move.reason,
+            "raw_status": move.raw_status, "version": move.expected_version + 1, "at": at}
+
+
+def _outbox_rows(move: Move, at: datetime) -> list[dict[str, Any]]:
+    return [{"instance_id": move.instance_id, "url": url, "payload": payload,
+             "created_at": at, "attempts": 0, "next_attempt_at": at}
+            for url, payload in move.outbox]
 
 
 def _outbox(row: Row[Any]) -> OutboxMessage:
