@@ -59,6 +59,7 @@ class InstanceRow(Base):
         UniqueConstraint("provider", "provider_instance_id", name="uq_instances_provider_pid"),
         Index("ix_instances_state", "state"),
         Index("ix_instances_tag", "tag"),
+        Index("ix_instances_created", "created_at", "id"),  # list order (0005)
     )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
