@@ -133,11 +133,16 @@ def _row(record: InstanceRecord, *, sqlite: bool) -> dict[str, Any]:
         "previous_state": record.previous_state.value if record.previous_state else None,
         "entered_by": record.entered_by.value, "billable": record.billable,
         "spec": record.spec, "region": record.region, "instance_type": record.instance_type,
-        "price_per_hour": record.price_per_hour, "ip": record.ip, "version": record.version,
+        # money is stored exactly, in millionths of a dollar (migration 0006)
+        "price_micros_per_hour": (None if record.price_per_hour is None
+                                  else round(record.price_per_hour * 1_000_000)),
+        "ip": record.ip, "version": record.version,
         "created_at": stamp(record.created_at), "updated_at": stamp(record.updated_at),
         "state_entered_at": stamp(record.state_entered_at),
         "last_seen_at": stamp(record.last_seen_at),
         "last_raw_status": record.last_raw_status, "last_error": record.last_error,
+        "accepted_at": stamp(record.accepted_at), "missing_since": stamp(record.missing_since),
+        "missing_count": record.missing_count,
     }
 
 

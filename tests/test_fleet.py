@@ -25,6 +25,7 @@ from gpufsm import (
     WaitTimeout,
 )
 from gpufsm.adapters import ProviderInstance
+from gpufsm.fleet import DEFAULT_VISIBILITY_WINDOW
 from gpufsm.store import InstanceRecord, SqlInstanceStore
 from gpufsm.testing import FakeClock, SimulatedCloud, check_invariants
 
@@ -310,8 +311,9 @@ def test_observation_without_an_edge_is_drift_recorded_once(fleet: Fleet) -> Non
         S.TERMINATING, Event.OBSERVED_CREATED, "provisioning")
 
 
-def test_absence_counts_only_when_confirmed(fleet: Fleet) -> None:
+def test_absence_counts_only_when_confirmed(fleet: Fleet, clock: FakeClock) -> None:
     instance_id = running(fleet)
+    clock.advance(DEFAULT_VISIBILITY_WINDOW)  # past it, a not-found is believed
     rec = fleet.observe(instance_id, Observation.absent(confirmed=False, reason="one listing"))
     assert rec.state is S.RUNNING
     rec = fleet.observe(instance_id, Observation.unknown("listing failed"))
@@ -338,8 +340,10 @@ def test_refused_command_is_corrected_at_once(fleet: Fleet, cloud: SimulatedClou
     assert path(fleet, instance_id)[-2:] == ["stop>STOPPING", "observed_running>RUNNING"]
 
 
-def test_vanished_instance_is_confirmed_gone(fleet: Fleet, cloud: SimulatedCloud) -> None:
+def test_vanished_instance_is_confirmed_gone(fleet: Fleet, cloud: SimulatedCloud,
+                                            clock: FakeClock) -> None:
     instance_id = running(fleet)
+    clock.advance(DEFAULT_VISIBILITY_WINDOW)
     cloud.vanish("sim-000001")
     rec = fleet.refresh(instance_id)
     assert rec.state is S.TERMINATED and rec.billable is False

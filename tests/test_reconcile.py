@@ -15,6 +15,7 @@ import pytest
 from conftest import SPEC
 from gpufsm import Fleet, InstanceState, InsufficientCredit
 from gpufsm.adapters import Observation, ownership_tag
+from gpufsm.fleet import DEFAULT_VISIBILITY_WINDOW
 from gpufsm.reconcile import (
     OrphanPolicy,
     ReconcileConfig,
@@ -34,9 +35,12 @@ S = InstanceState
 
 
 def running_fleet(fleet: Fleet, n: int) -> list[str]:
+    """``n`` RUNNING instances, launched longer ago than the visibility window (after
+    it, the provider's not-found is believed)."""
     ids = [fleet.launch(SPEC).id for _ in range(n)]
     for i in ids:
         fleet.wait_for(i, S.RUNNING, timeout=600)
+    fleet.clock.sleep(DEFAULT_VISIBILITY_WINDOW)
     return ids
 
 
@@ -84,7 +88,8 @@ def test_an_outage_never_marks_anything_terminated(fleet: Fleet, cloud: Simulate
     for _ in range(50):
         report = reconciler.run_once()
         assert report.changes == []
-        assert report.problems_of("listing-unknown")
+        (blind,) = report.problems_of("blind")  # six rows bill there: the pass is not ok
+        assert "6 billable row(s)" in blind.message and not report.ok
     assert states(fleet, ids) == [S.RUNNING] * 6
     assert cloud.calls["get"] == 0  # an outage does not turn into a GET storm
 
@@ -100,16 +105,34 @@ def test_one_vanished_instance_is_confirmed_by_a_direct_get(fleet: Fleet,
     assert report.changes[0].why == "absent from the listing; GET: not found"
 
 
-def test_without_gets_absence_needs_n_good_listings(fleet: Fleet, cloud: SimulatedCloud) -> None:
+def test_without_gets_listings_alone_never_end_a_row_with_an_id(
+        fleet: Fleet, cloud: SimulatedCloud) -> None:
+    """Issue 9 item 3: a row with a provider id ends on the provider's own word only."""
     ids = running_fleet(fleet, 5)
     cloud.vanish(pid(fleet, ids[0]))
+    cloud.calls.clear()
     reconciler = Reconciler(fleet, ReconcileConfig(confirm_gets_per_pass=0,
                                                    absent_listings_to_confirm=3))
-    for _ in range(2):
+    for _ in range(10):
         reconciler.run_once()
-        assert fleet.get(ids[0]).state is S.RUNNING
-    reconciler.run_once()
-    assert fleet.get(ids[0]).state is S.TERMINATED
+    assert fleet.get(ids[0]).state is S.RUNNING
+    assert cloud.calls["get"] == 0
+
+
+@pytest.mark.parametrize("live", [1, 2])
+def test_empty_listings_never_end_a_few_running_rows(fleet: Fleet, cloud: SimulatedCloud,
+                                                     live: int) -> None:
+    """Issue 9 item 3: with GETs off, one or two RUNNING rows (below the suspicious-
+    listing guard's three) and three empty 200 listings used to end them while the
+    instances ran."""
+    ids = running_fleet(fleet, live)
+    reconciler = Reconciler(fleet, ReconcileConfig(confirm_gets_per_pass=0,
+                                                   absent_listings_to_confirm=3))
+    cloud.outage(3, mode="empty")
+    for _ in range(3):
+        reconciler.run_once()
+    assert states(fleet, ids) == [S.RUNNING] * live
+    assert len(cloud.live_instances()) == live
 
 
 def test_a_failed_confirming_get_changes_nothing(fleet: Fleet, cloud: SimulatedCloud) -> None:
@@ -249,8 +272,9 @@ def test_rows_of_a_provider_without_adapter_are_left_alone(store: SqlInstanceSto
     other = SimulatedCloud("other", clock=clock)
     Fleet(store, [other], clock=clock).launch({**SPEC, "provider": "other"})
     report = Reconciler(Fleet(store, [], clock=clock)).run_once()
-    (problem,) = report.problems_of("no-adapter")
-    assert problem.provider == "other" and "left untouched" in problem.message
+    (problem,) = report.problems_of("blind")  # rows there may bill: loud, not ok
+    assert problem.provider == "other" and "1 billable row(s)" in problem.message
+    assert not report.ok
 
 
 def test_the_reconciler_keeps_every_invariant(fleet: Fleet, cloud: SimulatedCloud,
@@ -399,7 +423,7 @@ def test_a_written_off_launch_that_turns_up_is_terminated(fleet: Fleet, cloud: S
     assert (fleet.get(row.id).state, fleet.get(row.id).billable) == (S.FAILED, False)
     cloud.clear_faults()  # the listing recovers and shows our tagged instance
     report = reconciler.run_once()
-    (alert,) = [p for p in report.problems_of("alert") if "written-off" in p.message]
+    (alert,) = [p for p in report.problems_of("alert") if "finished row" in p.message]
     assert alert.instance_id == row.id
     cloud.settle()
     reconciler.run_once()

@@ -47,6 +47,8 @@ from gpufsm.errors import (
     InsufficientCredit,
     PermanentProviderError,
     ProviderError,
+    RateLimited,
+    TemporaryProviderError,
     TransitionNotAllowed,
     ValidationError,
     VersionConflict,
@@ -67,7 +69,7 @@ from gpufsm.machines import (
     reachable_by_observation,
 )
 from gpufsm.notify import Listener, TransitionEvent, Webhook
-from gpufsm.specs import InstanceSpec, parse_spec
+from gpufsm.specs import InstanceSpec, parse_spec, stored_spec
 from gpufsm.store import (
     DriftRecord,
     InstanceRecord,
@@ -77,7 +79,7 @@ from gpufsm.store import (
     TransitionRecord,
 )
 
-__all__ = ["Fleet", "ObserveErrorHandler", "ProgressCallback"]
+__all__ = ["DEFAULT_VISIBILITY_WINDOW", "Fleet", "ObserveErrorHandler", "ProgressCallback"]
 
 log = logging.getLogger("gpufsm.fleet")
 
@@ -85,6 +87,13 @@ S = InstanceState
 _EDGES = edges_from(TRANSITIONS)
 _KIND = {t.event: t.kind for t in TRANSITIONS}
 _CONFLICT_RETRIES = 3
+
+#: Seconds after a provider accepts a launch during which its reads may not show the
+#: instance yet (GET answers its own not-found, listings omit it). Eventual consistency
+#: after a create is documented behaviour of real clouds (SkyPilot retries visibility
+#: after a create for it); two minutes is far above the seconds seen, and costs only a
+#: late "gone" for a launch the provider really dropped.
+DEFAULT_VISIBILITY_WINDOW = 120.0
 
 #: Called on every poll of wait_for with the freshest record.
 ProgressCallback = Callable[[InstanceRecord], None]
@@ -109,7 +118,15 @@ class Fleet:
     ``command_grace``: providers are eventually consistent, so for this many seconds
     after a command a reading that merely repeats the state the command left (still
     ``running`` just after a stop) is taken as stale, not as news. Without it a stop
-    reads as "stop undone" and a restart as "already running again".
+    reads as "stop undone" and a restart as "already running again". Inside it, no
+    reading moves a row to FAILED either: FAILED leads to a policy terminate, and one
+    ambiguous status right after our own start (Vast's ``exited`` while it boots) is
+    not evidence enough to destroy a machine.
+
+    ``visibility_window`` (seconds, one for all providers or a mapping provider →
+    seconds): after a launch is accepted, a not-found proves nothing for this long; the
+    row keeps waiting instead of being concluded gone. TERMINATED is absorbing, so a
+    wrong "gone" would stop every later look at a machine that bills.
     """
 
     def __init__(
@@ -122,9 +139,11 @@ class Fleet:
         actor: str | None = None,
         command_grace: float = 30.0,
         webhooks: Sequence[Webhook] = (),
+        visibility_window: float | Mapping[str, float] = DEFAULT_VISIBILITY_WINDOW,
     ) -> None:
         self.store = store
         self.command_grace = command_grace
+        self.visibility_window = visibility_window
         self.webhooks = tuple(webhooks)
         self._listeners: list[Listener] = []
         if isinstance(adapters, Mapping):
@@ -195,7 +214,7 @@ class Fleet:
         record = InstanceRecord(
             id=str(uuid.uuid4()), provider=spec.provider, state=S.CREATING, version=1,
             client_token=token, tag=ownership_tag(token), name=spec.name, billable=True,
-            spec=spec.model_dump(mode="json"), created_at=now, updated_at=now,
+            spec=stored_spec(spec), created_at=now, updated_at=now,
             state_entered_at=now, region=spec.region, instance_type=spec.instance_type,
         )
         self._insert(record, reason)
@@ -248,14 +267,24 @@ class Fleet:
                     return record  # maybe still being created: the reconciler will see
                 record = self.store.update(
                     record.id, expected_version=record.version, at=self.clock.now(),
-                    changes={"provider_instance_id": found.provider_instance_id})
-                pid = found.provider_instance_id
-            try:
-                adapter.terminate(pid)
-            except ProviderError as exc:
-                self._note_error(record, exc)
-                raise
-            return self._confirm(record, adapter)
+                    changes={"provider_instance_id": found.provider_instance_id,
+                             "accepted_at": record.accepted_at or self.clock.now()})
+            return self._send_terminate(record, adapter)
+
+    def _send_terminate(self, record: InstanceRecord, adapter: ProviderAdapter
+                        ) -> InstanceRecord:
+        """The provider call of a terminate already committed (TERMINATING), then a look.
+
+        A failure is recorded on the row and raised: the row stays TERMINATING, and the
+        reconciler re-issues the call until the provider confirms the instance is gone.
+        """
+        assert record.provider_instance_id is not None
+        try:
+            adapter.terminate(record.provider_instance_id)
+        except ProviderError as exc:
+            self._note_error(record, exc)
+            raise
+        return self._confirm(record, adapter)
 
     # ---- observations -------------------------------------------------------------------
 
@@ -280,10 +309,9 @@ class Fleet:
                     # terminated while the launch was in doubt: the instance turned up
                     # after all, so the terminate we could not send then is sent now
                     try:
-                        adapter.terminate(record.provider_instance_id)
-                    except ProviderError as exc:
-                        return self._note_error(record, exc)
-                    return self._confirm(record, adapter)
+                        return self._send_terminate(record, adapter)
+                    except ProviderError:
+                        return self.store.get(record.id)
                 return record
             return self._confirm(record, adapter)
 
@@ -405,30 +433,49 @@ class Fleet:
             return self._apply(record, Event.LAUNCH_FAILED, reason=reason,
                                changes={"billable": False, "last_error": reason})
 
-    def adopt(self, provider: str, found: ProviderInstance, *, reason: str) -> InstanceRecord:
+    def adopt(self, provider: str, found: ProviderInstance, *, reason: str,
+              terminate: bool = False, origin: Mapping[str, Any] | None = None,
+              ) -> InstanceRecord:
         """Take an untracked instance carrying our tag into the store (an orphan).
 
         The row is written as a launch (so history starts where every history starts)
-        and then brought to what the provider reports.
+        and then brought to what the provider reports. With ``terminate`` the row goes
+        in as launch → observed_created → terminate in *one* transaction, and only then
+        is the provider called: intent first, here too, so a crash leaves a TERMINATING
+        row the reconciler finishes, never a live row nobody means to terminate. A
+        failed terminate call is raised as ``terminate`` raises it (``instance_id`` names
+        the new row, TERMINATING, which the reconciler finishes).
+
+        ``origin`` is kept in the row's spec (e.g. the row this instance was wrongly
+        concluded gone on), so a person reading the history can see why it exists.
         """
         if found.tag is None:
             raise ValidationError("tag", "only instances carrying our ownership tag are adopted")
-        self._adapter(provider)
+        adapter = self._adapter(provider)
         now = self.clock.now()
         token = found.tag.removeprefix("gpufsm-")
         record = InstanceRecord(
             id=str(uuid.uuid4()), provider=provider, state=S.CREATING, version=1,
             client_token=f"adopted-{token}-{secrets.token_hex(4)}", tag=found.tag,
-            name=found.name, billable=True, spec={"provider": provider, "adopted": True},
+            name=found.name, billable=True,
+            spec={"provider": provider, "adopted": True, **(origin or {})},
             created_at=now, updated_at=now, state_entered_at=now, region=found.region,
             instance_type=found.instance_type, price_per_hour=found.price_per_hour,
             # the id goes in with the row: two daemons adopting one orphan collide on the
-            # unique (provider, provider id) instead of both succeeding
-            provider_instance_id=found.provider_instance_id,
+            # unique live (provider, provider id) instead of both succeeding
+            provider_instance_id=found.provider_instance_id, accepted_at=now,
         )
-        self._insert(record, reason)
+        if not terminate:
+            self._insert(record, reason)
+            with self._lock(record.id):
+                return self._adopt(record, found)
         with self._lock(record.id):
-            return self._adopt(record, found)
+            record = self._insert_terminating(record, adapter, found, reason)
+            try:
+                return self._send_terminate(record, adapter)
+            except ProviderError as exc:
+                exc.instance_id = record.id
+                raise
 
     def wait_for(
         self,
@@ -611,6 +658,23 @@ class Fleet:
                adapter: ProviderAdapter | None = None, actor: str | None = None,
                ) -> InstanceRecord:
         """Fire ``event`` through the machine and commit it with its history row."""
+        move, announced = self._move(record, event, reason=reason, raw_status=raw_status,
+                                     changes=changes, adapter=adapter, actor=actor)
+        after = self.store.transition(
+            record.id, expected_version=move.expected_version, from_state=move.from_state,
+            to_state=move.to_state, event=move.event, kind=move.kind, actor=announced.actor,
+            at=announced.at, reason=move.reason, raw_status=move.raw_status,
+            changes=move.changes, outbox=move.outbox,
+        )
+        self._notify(announced)
+        return after
+
+    def _move(self, record: InstanceRecord, event: Event, *, reason: str | None = None,
+              raw_status: str | None = None, changes: Mapping[str, Any] | None = None,
+              adapter: ProviderAdapter | None = None, actor: str | None = None,
+              ) -> tuple[Move, TransitionEvent]:
+        """Check ``event`` against the machine and guards; the Move to commit, and what
+        listeners will hear once it is committed. Raises TransitionNotAllowed."""
         kind = _KIND[event]
         dest = check(
             record.id, record.state, event,
@@ -631,31 +695,51 @@ class Fleet:
             at=at, billable=values.get("billable", record.billable), reason=reason,
             raw_status=raw_status,
         )
-        after = self.store.transition(
-            record.id, expected_version=record.version, from_state=record.state,
-            to_state=dest, event=event, kind=kind, actor=announced.actor, at=at,
-            reason=reason, raw_status=raw_status, changes=values,
-            outbox=self._announce(announced),
-        )
-        self._notify(announced)
+        move = Move(record.id, record.version, record.state, dest, event, kind, reason,
+                    raw_status, values, tuple(self._announce(announced)))
+        return move, announced
+
+    def _insert_terminating(self, record: InstanceRecord, adapter: ProviderAdapter,
+                            found: ProviderInstance, reason: str) -> InstanceRecord:
+        """Insert ``record`` (CREATING, id known) and move it to TERMINATING, one commit.
+
+        Each step is checked like any other (the terminate against the guards too), and
+        listeners hear of all three once the transaction has committed.
+        """
+        launched = self._announced_launch(record, reason)
+        created_move, created = self._move(
+            record, Event.OBSERVED_CREATED, reason="found by ownership tag",
+            raw_status=found.raw_status, adapter=adapter)
+        created_row = record.with_changes(**created_move.written(created.at))
+        terminate_move, terminating = self._move(created_row, Event.TERMINATE, reason=reason,
+                                                 adapter=adapter)
+        after = self.store.insert(record, actor=self.actor, reason=reason,
+                                  outbox=self._announce(launched),
+                                  then=(created_move, terminate_move))
+        for heard in (launched, created, terminating):
+            self._notify(heard)
         return after
 
     def _insert(self, record: InstanceRecord, reason: str | None) -> None:
         """Write a new row with its launch history row (and its webhook messages)."""
-        announced = TransitionEvent(
+        announced = self._announced_launch(record, reason)
+        self.store.insert(record, actor=self.actor, reason=reason,
+                          outbox=self._announce(announced))
+        self._notify(announced)
+
+    def _announced_launch(self, record: InstanceRecord, reason: str | None
+                          ) -> TransitionEvent:
+        return TransitionEvent(
             instance_id=record.id, provider=record.provider,
             provider_instance_id=record.provider_instance_id, name=record.name,
             tag=record.tag, from_state=None, to_state=record.state, event=Event.LAUNCH,
             kind=EdgeKind.COMMAND, actor=self.actor, version=record.version,
             at=record.created_at, billable=record.billable, reason=reason,
         )
-        self.store.insert(record, actor=self.actor, reason=reason,
-                          outbox=self._announce(announced))
-        self._notify(announced)
 
     def _launch_failed(self, adapter: ProviderAdapter, record: InstanceRecord,
                        exc: ProviderError) -> InstanceRecord:
-        if isinstance(exc, PermanentProviderError):
+        if _surely_refused(exc):
             return self._apply(record, Event.LAUNCH_FAILED, reason=str(exc),
                                changes={"billable": False, "last_error": str(exc)})
         # Temporary: the outcome is unknown. Look for our tag once.
@@ -671,12 +755,14 @@ class Fleet:
         """Store the provider id; if someone moved the row meanwhile, still keep the id."""
         try:
             return self._apply(record, Event.OBSERVED_CREATED,
-                               changes={"provider_instance_id": pid, "last_error": None})
+                               changes={"provider_instance_id": pid, "last_error": None,
+                                        "accepted_at": self.clock.now()})
         except VersionConflict:
             current = self.store.get(record.id)
             current = self.store.update(current.id, expected_version=current.version,
                                         at=self.clock.now(),
-                                        changes={"provider_instance_id": pid})
+                                        changes={"provider_instance_id": pid,
+                                                 "accepted_at": self.clock.now()})
             if current.state is S.TERMINATING:
                 self._adapter(current.provider).terminate(pid)
             return current
@@ -684,7 +770,8 @@ class Fleet:
     def _adopt(self, record: InstanceRecord, found: ProviderInstance) -> InstanceRecord:
         record = self._apply(record, Event.OBSERVED_CREATED,
                              reason="found by ownership tag", raw_status=found.raw_status,
-                             changes={"provider_instance_id": found.provider_instance_id})
+                             changes={"provider_instance_id": found.provider_instance_id,
+                                      "accepted_at": self.clock.now()})
         return self._observe(record, Observation.present(found), self.actor)
 
     def _confirm(self, record: InstanceRecord, adapter: ProviderAdapter, *, grace: bool = True
@@ -729,31 +816,53 @@ class Fleet:
             return record
         if observation.kind is ObservationKind.ABSENT:
             if not observation.confirmed:
+                # One more good listing without it: counted on the row, so the evidence
+                # survives the process (a cron --once counts as a daemon does).
+                return self._facts(record, {
+                    "missing_count": record.missing_count + 1,
+                    "missing_since": record.missing_since or self.clock.now()})
+            if self._not_yet_visible(record):
+                log.debug("%s: not found %.0fs after the launch was accepted, inside the "
+                          "visibility window: not yet visible, not gone", record.id,
+                          self._since_accepted(record))
                 return record
             return self._edge_or_drift(record, Event.OBSERVED_GONE, raw_status=None, facts={},
                                        reason=observation.reason, actor=actor)
         seen = observation.instance
         assert seen is not None
-        facts: dict[str, Any] = {"last_raw_status": seen.raw_status,
-                                 "last_seen_at": self.clock.now()}
+        now = self.clock.now()
+        facts: dict[str, Any] = {"last_raw_status": seen.raw_status, "last_seen_at": now}
         if seen.ip is not None:
             facts["ip"] = seen.ip
+        if record.missing_count:
+            facts.update(missing_count=0, missing_since=None)
         if record.provider_instance_id is None and record.state is not S.CREATING:
             # found by tag after the row moved on (a launch in doubt, then terminated):
             # keep the id, or nothing could ever terminate the instance
             facts["provider_instance_id"] = seen.provider_instance_id
+            facts["accepted_at"] = record.accepted_at or now
         if seen.price_per_hour is not None:
             facts["price_per_hour"] = seen.price_per_hour
+        if seen.region is not None and record.region is None:
+            facts["region"] = seen.region  # where the provider placed it (Novita picks)
         if record.state is S.CREATING and seen.state is not S.TERMINATED:
             record = self._apply(record, Event.OBSERVED_CREATED, raw_status=seen.raw_status,
                                  actor=actor, changes={
-                                     "provider_instance_id": seen.provider_instance_id})
+                                     "provider_instance_id": seen.provider_instance_id,
+                                     "accepted_at": now})
         if seen.state is None:
             log.warning("%s reports raw status %r for %s, which gpufsm does not know: "
                         "state left at %s", record.provider, seen.raw_status, record.id,
                         record.state)
             return self._facts(record, facts)
         if seen.state is record.state or (grace and self._stale(record, seen)):
+            return self._facts(record, facts)
+        if seen.state is S.FAILED and grace and self._just_commanded(record):
+            # Inside the grace of our own command (or the launch), one "failed" reading is
+            # no evidence to destroy a machine by: it waits for a reading after the grace.
+            log.info("%s: %s reports %r %.0fs after our command: not taken as failed yet",
+                     record.id, record.provider, seen.raw_status,
+                     (now - record.state_entered_at).total_seconds())
             return self._facts(record, facts)
         if seen.state is S.RUNNING and record.state is not S.RUNNING:
             gated = self._health_gate(record, seen, facts, actor)
@@ -805,6 +914,35 @@ class Fleet:
                 actor=actor)
         return self._facts(record, facts)
 
+    def _window(self, provider: str) -> float:
+        window = self.visibility_window
+        if isinstance(window, Mapping):
+            return float(window.get(provider, DEFAULT_VISIBILITY_WINDOW))
+        return float(window)
+
+    def _since_accepted(self, record: InstanceRecord | TrackedInstance) -> float:
+        if record.accepted_at is None:
+            return float("inf")
+        return (self.clock.now() - record.accepted_at).total_seconds()
+
+    def absence_provable(self, record: InstanceRecord | TrackedInstance) -> bool:
+        """Would a not-found for this row be believed now? Not inside the visibility
+        window after its launch was accepted (the reconciler spends no GET there)."""
+        return not self._not_yet_visible(record)
+
+    def _not_yet_visible(self, record: InstanceRecord | TrackedInstance) -> bool:
+        """A not-found now proves nothing: the launch was accepted too recently for every
+        read of an eventually consistent provider to show the instance."""
+        return self._since_accepted(record) < self._window(record.provider)
+
+    def _just_commanded(self, record: InstanceRecord) -> bool:
+        """Inside ``command_grace`` of our own command, or of the launch's acceptance."""
+        if self._since_accepted(record) < self.command_grace:
+            return True
+        return (_KIND[record.entered_by] is EdgeKind.COMMAND
+                and (self.clock.now() - record.state_entered_at).total_seconds()
+                < self.command_grace)
+
     def _stale(self, record: InstanceRecord, seen: ProviderInstance) -> bool:
         """The provider still says exactly what it said before our command, inside the
         grace window: it has not acted yet. Once it has said anything else (``rebooting``
@@ -854,6 +992,15 @@ class _Held:
     def __exit__(self, *exc: object) -> None:
         self._holder.lock.release()
 
+
+
+def _surely_refused(exc: ProviderError) -> bool:
+    """The launch certainly created nothing: a permanent refusal, a request that never
+    left (connection refused), or a 429 (the seam retries launches on 429 for the same
+    reason: the provider turned the request away before processing it)."""
+    if isinstance(exc, PermanentProviderError | RateLimited):
+        return True
+    return isinstance(exc, TemporaryProviderError) and exc.not_sent
 
 
 def _health_spec(record: InstanceRecord) -> HealthSpec | None:

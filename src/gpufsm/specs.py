@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from gpufsm.errors import ValidationError
 from gpufsm.health import HealthSpec
 
-__all__ = ["InstanceSpec", "parse_spec"]
+__all__ = ["InstanceSpec", "parse_spec", "stored_spec"]
 
 
 class InstanceSpec(BaseModel):
@@ -67,3 +67,15 @@ def parse_spec(data: object) -> InstanceSpec:
         first = exc.errors()[0]
         field = ".".join(str(p) for p in first["loc"]) or "spec"
         raise ValidationError(field, first["msg"], value=first.get("input")) from exc
+
+
+def stored_spec(spec: InstanceSpec) -> dict[str, Any]:
+    """The spec as a row keeps it: every field, but only the *names* of ``env``.
+
+    Environment values passed to an instance are, in practice, tokens (HF_TOKEN,
+    WANDB_API_KEY): a database is no place for them, and nothing after the launch needs
+    them. The names stay (``env_names``) so a person can see what the instance was given.
+    """
+    data = spec.model_dump(mode="json", exclude={"env"})
+    data["env_names"] = sorted(spec.env)
+    return data

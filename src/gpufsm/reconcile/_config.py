@@ -45,12 +45,13 @@ class ReconcileConfig(BaseModel):
         default_factory=lambda: dict(DEFAULT_DEADLINES))
     provider_deadlines: dict[str, dict[InstanceState, float]] = Field(default_factory=dict)
     absent_listings_to_confirm: int = Field(default=3, ge=1, description=(
-        "consecutive good listings without an instance before it counts as gone; used "
-        "for rows with a provider id only when confirm_gets_per_pass is 0, and for rows "
-        "without one (whose tag is missing) always"))
+        "consecutive good listings without a row's tag before a row with no provider id "
+        "(a launch that never showed) may be written off past its deadline; a row with "
+        "a provider id is never ended by listings alone"))
     confirm_gets_per_pass: int = Field(default=20, ge=0, description=(
         "direct GETs per provider and pass to confirm absences (least recently checked "
-        "first); 0 switches GETs off and lets N good listings decide instead"))
+        "first); only a GET answering the provider's own not-found ends a row with a "
+        "provider id, so 0 leaves missing rows waiting (reported, never ended)"))
     suspicious_absent_fraction: float = Field(default=0.5, gt=0, le=1, description=(
         "a listing missing more than this share of our live instances is UNKNOWN"))
     suspicious_min_instances: int = Field(default=3, ge=1, description=(

@@ -5,12 +5,23 @@ The failures this module exists to avoid (and that its tests replay):
 * one odd row hanging the loop — every instance is handled in its own try block, and
   an observation without an edge is drift, never an exception;
 * an empty or failed listing read as "everything is gone" — a failed, empty-when-it-
-  should-not-be or mostly-missing listing is UNKNOWN for the whole provider, and an
-  absence counts only when a direct GET says not-found or N good listings agree;
+  should-not-be or mostly-missing listing is UNKNOWN for the whole provider, and a row
+  with a provider id is concluded gone only on the provider's own word (a direct GET
+  answering its not-found, outside the visibility window after the launch; or its
+  terminal status), never on listings alone;
+* a provider we cannot see passing for a quiet one — a failed listing (no key, 401,
+  unreachable) while rows there may bill is a ``blind`` problem, and the pass is not ok;
 * instances created but never recorded after a crash — CREATING rows are matched to
   listed instances by ownership tag, and tagged instances with no row are reported;
+* a wrong "gone" leaking forever — a listed instance carrying our tag whose rows are all
+  finished (TERMINATED, or a refused launch) is ours and billing: it is *resurrected*,
+  adopted into a new row and terminated, with an alert;
 * termination given up while the instance still bills — TERMINATING rows are
   re-terminated with capped backoff forever; after a budget an alert is raised.
+
+Evidence that decides a state is on the row, not in this process: the count of good
+listings without a row's tag (``missing_count``), the launch's acceptance time, terminate
+attempts (history). A cron ``reconcile --once`` and a long-running daemon decide alike.
 """
 
 from __future__ import annotations
@@ -21,6 +32,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import partial
+from typing import Any
 
 from gpufsm.adapters import Observation, ProviderAdapter, ProviderInstance
 from gpufsm.errors import GpufsmError, InsufficientCredit, ProviderError, TransitionNotAllowed
@@ -64,9 +76,8 @@ class _View:
 class Reconciler:
     """Keeps the store true to the providers and makes sure nothing bills that should not.
 
-    Stateless across processes except for one in-memory tally that is safe to lose:
-    consecutive absences (a restart only delays confirmation). Terminate backoff is
-    derived from the history, so it survives restarts and lease takeovers.
+    Whatever decides a state is persisted (see the module docstring); in memory there is
+    only the order in which confirming GETs are spent, which is safe to lose.
     """
 
     def __init__(self, fleet: Fleet, config: ReconcileConfig | None = None, *,
@@ -78,7 +89,6 @@ class Reconciler:
         self.policies = tuple(policies)
         self.actor = actor  # also the lease owner: unique per daemon when leasing
         self._claimed: set[str] = set()
-        self._absent: dict[str, int] = {}
         self._last_get: dict[str, float] = {}  # row id → monotonic time of its last GET
         self._everyone: list[TrackedInstance] = []
         self.credit_exhausted: set[str] = set()
@@ -108,9 +118,16 @@ class Reconciler:
                 mine = [r for r in rows if r.provider == provider]
                 self._provider_pass(provider, adapter, mine, report)
         for provider in sorted({r.provider for r in rows} - set(self.fleet.adapters)):
-            report.problems.append(Problem(
-                "no-adapter", provider, f"{sum(r.provider == provider for r in rows)} "
-                "instances on a provider with no adapter configured: left untouched"))
+            mine = [r for r in rows if r.provider == provider]
+            billing = sum(1 for r in mine if r.billable)
+            if billing:
+                report.problems.append(Problem(
+                    "blind", provider, f"no adapter configured (its API key unset?): "
+                    f"{billing} billable row(s) there are not watched"))
+            else:
+                report.problems.append(Problem(
+                    "no-adapter", provider, f"{len(mine)} instances on a provider with no "
+                    "adapter configured: left untouched"))
         self._run_policies(report)
         if self.dispatcher is not None:
             sent = self.dispatcher.deliver_due()
@@ -130,14 +147,23 @@ class Reconciler:
 
     def _provider_pass(self, provider: str, adapter: ProviderAdapter,
                        rows: list[TrackedInstance], report: PassReport) -> None:
-        view = _View.of(self._list(provider, adapter, report))
         everyone = [r for r in self._everyone if r.provider == provider]
-        if view.instances is not None and self._suspicious(everyone, view):
-            report.problems.append(Problem(
-                "listing-unknown", provider,
-                f"listing shows {len(view.instances)} instances but misses most of our "
-                f"{len(rows)} live ones: treated as unknown, nothing changed"))
+        listing, failure = self._list(provider, adapter)
+        if listing is not None:
+            report.listings[provider] = len(listing)
+        view = _View.of(listing)
+        if listing is not None and self._suspicious(everyone, view):
+            failure = (f"listing shows {len(listing)} instances but misses most of our "
+                       f"{len(everyone)} live ones: treated as unknown, nothing changed")
             view = _View.of(None)
+        if failure is not None:
+            billing = sum(1 for r in everyone if r.billable)
+            if billing:  # unseen while money may be going out: loud, and the pass not ok
+                report.problems.append(Problem(
+                    "blind", provider, f"{failure}; {billing} billable row(s) there are "
+                    "not watched"))
+            else:
+                report.problems.append(Problem("listing-unknown", provider, failure))
         confirm = self._pick_confirmations(rows, view)
         seen: list[tuple[TrackedInstance, Observation]] = []
         for row in rows:
@@ -173,27 +199,25 @@ class Reconciler:
     def _row_failed(self, provider: str, instance_id: str, exc: Exception,
                     report: PassReport) -> None:
         if isinstance(exc, GpufsmError):
-            log.warning("reconcile of %s failed: %s", instance_id, exc)
+            # In the report; the daemon logs a problem once, and again when it changes.
+            log.debug("reconcile of %s failed: %s", instance_id, exc)
             report.problems.append(Problem("instance-error", provider, str(exc), instance_id))
             return
         log.error("reconcile of %s crashed", instance_id, exc_info=exc)
         report.problems.append(Problem(
             "instance-error", provider, f"{type(exc).__name__}: {exc}", instance_id))
 
-    def _list(self, provider: str, adapter: ProviderAdapter, report: PassReport
-              ) -> Sequence[ProviderInstance] | None:
+    def _list(self, provider: str, adapter: ProviderAdapter
+              ) -> tuple[Sequence[ProviderInstance] | None, str | None]:
+        """The complete listing, or None and why it could not be had."""
         try:
             listing = adapter.list_instances()
         except InsufficientCredit as exc:
             self.credit_exhausted.add(provider)
-            report.problems.append(Problem("listing-unknown", provider, str(exc)))
-            return None
+            return None, f"listing failed: {exc}"
         except ProviderError as exc:
-            report.problems.append(Problem("listing-unknown", provider,
-                                           f"listing failed: {exc}"))
-            return None
-        report.listings[provider] = len(listing)
-        return listing
+            return None, f"listing failed: {exc}"
+        return listing, None
 
     def _suspicious(self, rows: Sequence[_Row], view: _View) -> bool:
         """Most of what we know is running is missing: an outage, not a mass extinction."""
@@ -213,8 +237,10 @@ class Reconciler:
         """
         if not view.ok or self.config.confirm_gets_per_pass == 0:
             return set()
+        # A GET inside a row's visibility window could not conclude anything: skip it.
         missing = [r for r in rows if r.provider_instance_id is not None
-                   and r.provider_instance_id not in view.by_pid]
+                   and r.provider_instance_id not in view.by_pid
+                   and self.fleet.absence_provable(r)]
         missing.sort(key=lambda r: self._last_get.get(r.id, float("-inf")))
         return {r.id for r in missing[:self.config.confirm_gets_per_pass]}
 
@@ -225,35 +251,27 @@ class Reconciler:
         found = (view.by_pid.get(row.provider_instance_id) if row.provider_instance_id
                  else view.by_tag.get(row.tag))
         if found is not None:
-            self._absent.pop(row.id, None)
             return Observation.present(found)
         if row.provider_instance_id is None:
-            # Counted: a row with no id is written off only after N listings in a row
-            # without its tag, never on one (which may be an outage's empty answer).
-            self._absent[row.id] = self._absent.get(row.id, 0) + 1
+            # Counted on the row: one with no id is written off only after N good
+            # listings in a row without its tag, never on one (an outage's empty answer).
             return Observation.absent(confirmed=False, reason="no instance with our tag")
-        if self.config.confirm_gets_per_pass > 0:
-            # With GETs allowed, only a direct GET confirms absence: listings can lie
-            # (an outage's empty answer), and rows past this pass's budget wait their turn.
-            if not may_get:
-                return Observation.unknown("missing from the listing; GET on a later pass")
-            self._last_get[row.id] = self.fleet.clock.monotonic()
-            try:
-                seen = adapter.get(row.provider_instance_id)
-            except ProviderError as exc:
-                return Observation.unknown(f"confirming GET failed: {exc}")
-            self._absent.pop(row.id, None)
-            if seen is None:
-                return Observation.absent(confirmed=True,
-                                          reason="absent from the listing; GET: not found")
-            return Observation.present(seen)
-        # GETs switched off (confirm_gets_per_pass=0): N good listings in a row decide.
-        count = self._absent.get(row.id, 0) + 1
-        self._absent[row.id] = count
-        if count >= self.config.absent_listings_to_confirm:
-            return Observation.absent(
-                confirmed=True, reason=f"absent from {count} good listings in a row")
-        return Observation.absent(confirmed=False, reason=f"absent from {count} listing(s)")
+        # A row with an id ends only on the provider's own word: a direct GET answering
+        # its not-found (listings can lie or lag), or a terminal status. Rows past this
+        # pass's GET budget wait their turn; with GETs off they wait for good.
+        if not may_get:
+            why = ("GET on a later pass" if self.config.confirm_gets_per_pass
+                   else "confirm_gets_per_pass is 0: only a direct GET confirms absence")
+            return Observation.unknown(f"missing from the listing; {why}")
+        self._last_get[row.id] = self.fleet.clock.monotonic()
+        try:
+            seen = adapter.get(row.provider_instance_id)
+        except ProviderError as exc:
+            return Observation.unknown(f"confirming GET failed: {exc}")
+        if seen is None:
+            return Observation.absent(confirmed=True,
+                                      reason="absent from the listing; GET: not found")
+        return Observation.present(seen)
 
     def _sync(self, row: _Row, observation: Observation, report: PassReport
               ) -> InstanceRecord:
@@ -289,9 +307,10 @@ class Reconciler:
         return None
 
     def _missing_long_enough(self, record: _Row, view: _View) -> bool:
-        """No instance with this row's tag in N good listings in a row (counted in sync)."""
+        """No instance with this row's tag in N good listings in a row (counted on the
+        row in sync, so passes of different processes add up)."""
         return (record.tag not in view.by_tag
-                and self._absent.get(record.id, 0) >= self.config.absent_listings_to_confirm)
+                and record.missing_count >= self.config.absent_listings_to_confirm)
 
     def _reterminate(self, record: _Row, view: _View, report: PassReport
                      ) -> InstanceRecord | None:
@@ -379,48 +398,67 @@ class Reconciler:
 
     def _orphans(self, provider: str, listing: Iterable[ProviderInstance],
                  report: PassReport, rows: Sequence[_Row] = ()) -> None:
-        lookup = _Lookup(self.fleet.store, provider, list(listing), rows)
-        for inst in lookup.unheld():  # a held row with an id is no orphan's: skipped
-            if inst.tag is None or inst.state in (S.TERMINATED, None):
-                continue
-            row = lookup.find(provider, tag=inst.tag)
-            if row is not None:
-                if row.provider_instance_id is None and (
-                        row.state is S.TERMINATED or (row.state is S.FAILED and not row.billable)):
-                    self._resurrected(provider, inst, row.id, report)
-                continue
-            if lookup.find(provider, provider_instance_id=inst.provider_instance_id):
-                continue
-            policy = self.config.orphans
-            report.problems.append(Problem(
-                "orphan", provider, f"{inst.provider_instance_id} carries our tag {inst.tag} "
-                f"but has no row ({inst.raw_status}); policy: {policy.value}"))
-            if policy is OrphanPolicy.REPORT:
-                continue
-            try:
-                record = self.fleet.adopt(provider, inst, reason="orphan adopted by reconciler")
-                report.changes.append(Change(record.id, provider, "", record.state.value,
-                                             "adopted", f"orphan {inst.provider_instance_id}"))
-                if policy is OrphanPolicy.TERMINATE:
-                    self._terminate(record, report, "orphan: terminate per configuration")
-            except GpufsmError as exc:
-                report.problems.append(Problem("instance-error", provider, str(exc)))
+        """Every listed instance carrying our tag that no live row holds.
 
-    def _resurrected(self, provider: str, inst: ProviderInstance, row_id: str,
-                     report: PassReport) -> None:
-        """An instance turned up carrying the tag of a row we wrote off as never created.
-
-        The tag is this database's own, so it is certainly ours and certainly unwanted:
-        it is adopted into a new row and terminated whatever the orphan policy says.
+        * no row has ever carried its tag or id: an *orphan* (a crash between launch and
+          commit, or another deployment's): report, adopt or terminate per policy;
+        * only finished rows carry it (TERMINATED, or a launch written off): we concluded
+          it gone, or never created, and it bills. *Resurrected*: adopted into a new row
+          linked to the old one and terminated, whatever the orphan policy, with an alert
+          — the old row stays TERMINATED (absorbing) and its history stays true;
+        * a live row carries its tag but tracks another instance: a *duplicate* of one
+          launch (one request, one machine): adopted and terminated, with an alert.
         """
+        for inst, verdict, old in _Ownership(self.fleet.store, provider, listing, rows).strays():
+            if old is None:
+                self._orphan(provider, inst, report)
+            else:
+                self._reclaim(provider, inst, verdict, old, report)
+
+    def _orphan(self, provider: str, inst: ProviderInstance, report: PassReport) -> None:
+        policy = self.config.orphans
         report.problems.append(Problem(
-            "alert", provider, f"{inst.provider_instance_id} carries the tag of written-off "
-            f"row {row_id[:8]} ({inst.raw_status}): adopting and terminating it", row_id))
+            "orphan", provider, f"{inst.provider_instance_id} carries our tag {inst.tag} "
+            f"but has no row ({inst.raw_status}); policy: {policy.value}"))
+        if policy is OrphanPolicy.REPORT:
+            return
+        # Terminate: adopted straight into TERMINATING, in the adoption's transaction.
+        self._adopt(provider, inst, f"orphan {inst.provider_instance_id}", report,
+                    reason="orphan adopted by reconciler",
+                    terminate=policy is OrphanPolicy.TERMINATE)
+
+    def _reclaim(self, provider: str, inst: ProviderInstance, verdict: str, old: _Row,
+                 report: PassReport) -> None:
+        """Adopt-and-terminate an instance that is certainly ours and certainly unwanted."""
+        what = ("carries the tag of finished row" if verdict == "resurrected"
+                else "duplicates the instance of live row")
+        report.problems.append(Problem(
+            "alert", provider, f"{inst.provider_instance_id} ({inst.raw_status}) {what} "
+            f"{old.id[:8]} ({old.state.value}): adopting it into a new row and "
+            "terminating it", old.id))
+        self._adopt(provider, inst, f"{verdict} {inst.provider_instance_id}", report,
+                    reason=f"{verdict}: instance of row {old.id}", terminate=True,
+                    origin={verdict: old.id})
+
+    def _adopt(self, provider: str, inst: ProviderInstance, why: str, report: PassReport,
+               **adopt: Any) -> None:
+        """``fleet.adopt`` and its report: the new row, and a failed terminate call (the row
+        is TERMINATING then; later passes re-issue it)."""
         try:
-            record = self.fleet.adopt(provider, inst, reason=f"resurrected: tag of {row_id}")
-            self._terminate(record, report, "written-off launch turned up: terminate")
+            record = self.fleet.adopt(provider, inst, **adopt)
+        except ProviderError as exc:
+            if exc.instance_id is None:
+                report.problems.append(Problem("instance-error", provider, str(exc)))
+                return
+            record = self.fleet.get(exc.instance_id)
+            report.problems.append(Problem(
+                "instance-error", provider, f"terminate of adopted {inst.provider_instance_id}"
+                f" failed (will retry): {exc}", record.id))
         except GpufsmError as exc:
-            report.problems.append(Problem("instance-error", provider, str(exc), row_id))
+            report.problems.append(Problem("instance-error", provider, str(exc)))
+            return
+        report.changes.append(Change(record.id, record.provider, "", record.state.value,
+                                     "adopted", why))
 
     def _run_policies(self, report: PassReport) -> None:
         if not self.policies:
@@ -467,45 +505,52 @@ def _needs_watching(record: _Row) -> bool:
                 and record.provider_instance_id is None)
 
 
-class _Lookup:
-    """``store.find`` for the orphan check, answered from one batched read.
+class _Ownership:
+    """Which listed instances with our tag no live row holds, and why.
 
-    Why: the check asks, for every tagged instance in a listing, whether a row carries
-    its tag or its id; asked one query at a time that is 100k queries for 100k
-    instances. Here instances whose tag a row of this pass holds with a provider id are
-    left out (such a row is neither an orphan's nor written off, whatever its state
-    now, so ``find`` would only have said "known"), the rest are answered from one
-    ``find_tracked``, and a question asked a second time (after the loop may have
-    adopted or revived that instance) goes to the store, so every answer is the one
-    ``find`` would give.
+    Rows of this pass answer most questions; the rest (an instance whose tag or id no
+    row of this pass holds) are answered from one batched ``find_tracked`` over every
+    state, so 100k listed instances cost one query per thousand, not 100k queries.
     """
 
     def __init__(self, store: InstanceStore, provider: str,
-                 listing: Sequence[ProviderInstance], rows: Sequence[_Row]) -> None:
-        self._store = store
-        held = {r.tag for r in rows if r.provider_instance_id is not None}
-        self._unheld = [i for i in listing if i.tag is not None and i.tag not in held]
-        self._by_tag: dict[str, _Row] = {}
-        self._by_pid: dict[str, _Row] = {}
+                 listing: Iterable[ProviderInstance], rows: Sequence[_Row]) -> None:
+        live_pids = {r.provider_instance_id for r in rows if r.provider_instance_id}
+        waiting_tags = {r.tag for r in rows if r.provider_instance_id is None}
+        self._unheld = [
+            i for i in listing
+            if i.tag is not None and i.state not in (S.TERMINATED, S.TERMINATING)
+            and i.provider_instance_id not in live_pids and i.tag not in waiting_tags]
+        self._by_tag: dict[str, list[_Row]] = {}
+        self._by_pid: dict[str, list[_Row]] = {}
         if self._unheld:
             for row in store.find_tracked(
                     provider, tags=[i.tag for i in self._unheld if i.tag is not None],
                     provider_instance_ids=[i.provider_instance_id for i in self._unheld]):
-                self._by_tag.setdefault(row.tag, row)
+                self._by_tag.setdefault(row.tag, []).append(row)
                 if row.provider_instance_id is not None:
-                    self._by_pid.setdefault(row.provider_instance_id, row)
-        self._asked: set[tuple[str, str]] = set()
+                    self._by_pid.setdefault(row.provider_instance_id, []).append(row)
 
-    def unheld(self) -> list[ProviderInstance]:
-        """The listed instances with our tag that no row of this pass (with an id) holds."""
-        return self._unheld
+    def strays(self) -> list[tuple[ProviderInstance, str, _Row | None]]:
+        """(instance, "orphan" | "resurrected" | "duplicate", the row it relates to)."""
+        out: list[tuple[ProviderInstance, str, _Row | None]] = []
+        for inst in self._unheld:
+            by_pid = self._by_pid.get(inst.provider_instance_id, [])
+            by_tag = self._by_tag.get(inst.tag or "", [])
+            if any(_live(r) for r in by_pid):
+                continue  # tracked (by a row another daemon holds, say)
+            if any(_live(r) and r.provider_instance_id is None for r in by_tag):
+                continue  # a launch in doubt that will adopt it by tag
+            twin = next((r for r in by_tag if _live(r)), None)
+            if twin is not None:
+                out.append((inst, "duplicate", twin))
+            elif by_pid or by_tag:
+                out.append((inst, "resurrected", (by_pid or by_tag)[-1]))
+            else:
+                out.append((inst, "orphan", None))
+        return out
 
-    def find(self, provider: str, *, tag: str | None = None,
-             provider_instance_id: str | None = None) -> _Row | None:
-        key = ("tag", tag) if tag is not None else ("pid", provider_instance_id or "")
-        if key in self._asked:
-            return self._store.find(provider, tag=tag, provider_instance_id=provider_instance_id)
-        self._asked.add(key)
-        if tag is not None:
-            return self._by_tag.get(tag)
-        return self._by_pid.get(provider_instance_id or "")
+
+def _live(row: _Row) -> bool:
+    """May still bill and is watched: not TERMINATED, not a launch refused or written off."""
+    return row.state is not S.TERMINATED and not (row.state is S.FAILED and not row.billable)

@@ -25,7 +25,10 @@ class Change:
 class Problem:
     """Something the pass could not do or will not decide alone."""
 
-    kind: str  # listing-unknown, instance-error, orphan, alert, no-adapter, drift
+    #: listing-unknown, instance-error, orphan, alert, no-adapter, drift, and ``blind``:
+    #: a provider we could not see (no key, 401, unreachable, failed listing) while rows
+    #: there may bill. ``message`` then says how many billable rows are at stake.
+    kind: str
     provider: str
     message: str
     instance_id: str | None = None
@@ -57,5 +60,6 @@ class PassReport:
 
     @property
     def ok(self) -> bool:
-        """No instance error and no alert (unknown listings are expected weather)."""
-        return not any(p.kind in ("instance-error", "alert") for p in self.problems)
+        """No instance error, no alert, and no provider left unseen while rows there may
+        bill (an unknown listing of a provider with nothing billing is expected weather)."""
+        return not any(p.kind in ("instance-error", "alert", "blind") for p in self.problems)

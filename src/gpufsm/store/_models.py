@@ -11,14 +11,13 @@ from sqlalchemy import (
     Boolean,
     DateTime,
     Dialect,
-    Float,
     ForeignKey,
     Index,
     Integer,
     String,
     Text,
     TypeDecorator,
-    UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -56,7 +55,12 @@ class Base(DeclarativeBase):
 class InstanceRow(Base):
     __tablename__ = "gpufsm_instances"
     __table_args__ = (
-        UniqueConstraint("provider", "provider_instance_id", name="uq_instances_provider_pid"),
+        # One live row per provider instance (two daemons adopting one orphan collide
+        # here). Partial (0006): a TERMINATED row keeps its id for the record, and an
+        # instance that turns up again after a wrong "gone" gets a new, live row.
+        Index("uq_instances_live_pid", "provider", "provider_instance_id", unique=True,
+              sqlite_where=text("state <> 'TERMINATED'"),
+              postgresql_where=text("state <> 'TERMINATED'")),
         Index("ix_instances_state", "state"),
         Index("ix_instances_tag", "tag"),
         Index("ix_instances_created", "created_at", "id"),  # list order (0005)
@@ -75,7 +79,8 @@ class InstanceRow(Base):
     spec: Mapped[dict[str, Any]] = mapped_column(JSON)
     region: Mapped[str | None] = mapped_column(String(64))
     instance_type: Mapped[str | None] = mapped_column(String(128))
-    price_per_hour: Mapped[float | None] = mapped_column(Float)
+    # Money is stored exactly: integer millionths of a dollar per hour (0006).
+    price_micros_per_hour: Mapped[int | None] = mapped_column(BigInteger)
     ip: Mapped[str | None] = mapped_column(String(64))
     version: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime)
@@ -86,6 +91,13 @@ class InstanceRow(Base):
     last_error: Mapped[str | None] = mapped_column(Text)
     # Which daemon may act on this row until when (0002); never part of a record.
     health: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # gate results (0004)
+    # Evidence about absence, persisted so a cron `reconcile --once` decides as a daemon
+    # does (0006): when the provider accepted the launch (absence inside the visibility
+    # window after it proves nothing), and how many good listings in a row lacked the
+    # instance's tag, since when.
+    accepted_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    missing_since: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    missing_count: Mapped[int] = mapped_column(Integer, server_default="0")
     lease_owner: Mapped[str | None] = mapped_column(String(128))
     lease_expires_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
 

@@ -35,7 +35,8 @@ class InstanceStore(Protocol):
     """
 
     def insert(self, record: InstanceRecord, *, actor: str, reason: str | None = None,
-               outbox: Sequence[tuple[str, dict[str, Any]]] = ()) -> InstanceRecord: ...
+               outbox: Sequence[tuple[str, dict[str, Any]]] = (),
+               then: Sequence[Move] = ()) -> InstanceRecord: ...
 
     def transition(
         self,

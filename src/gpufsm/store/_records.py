@@ -25,7 +25,8 @@ __all__ = ["MUTABLE_FIELDS", "BatchOutcome", "DriftRecord", "InstanceRecord", "M
 #: Columns a write may change besides state and version. Anything else is a bug.
 MUTABLE_FIELDS = frozenset({
     "provider_instance_id", "billable", "ip", "region", "instance_type", "price_per_hour",
-    "last_raw_status", "last_error", "name", "last_seen_at", "health",
+    "last_raw_status", "last_error", "name", "last_seen_at", "health", "accepted_at",
+    "missing_since", "missing_count",
 })
 
 
@@ -57,6 +58,13 @@ class InstanceRecord:
     entered_by: Event = Event.LAUNCH  # the event that entered the current state
     #: the health gate: {"running_since", "verdict", "results": [probe results]}
     health: dict[str, Any] | None = None
+    #: when the provider accepted the launch (its id became known) or the row adopted a
+    #: listed instance: a not-found inside the visibility window after it proves nothing
+    accepted_at: datetime | None = None
+    #: good listings in a row without this row's tag (rows without a provider id), and
+    #: since when: persisted, so a cron ``reconcile --once`` counts as a daemon does
+    missing_since: datetime | None = None
+    missing_count: int = 0
 
     def with_changes(self, **changes: Any) -> InstanceRecord:
         return replace(self, **changes)
@@ -113,10 +121,11 @@ class TrackedInstance(NamedTuple):
     """The slim view of an instance row: what a reconcile pass needs, and no more.
 
     No spec, health results, error text or lease: the pass decides from state, version,
-    provider id and tag, the timestamps its deadlines and grace use, and the facts it
-    compares with a listing (raw status, ip, price). Whoever needs the rest (the health
-    gate reads the spec) asks the store for the full record. The field names are the
-    InstanceRecord's, so code that reads these fields takes either.
+    provider id and tag, the timestamps its deadlines and grace use, the facts it compares
+    with a listing (raw status, ip, price, region), and the persisted evidence about
+    absence (when the launch was accepted, listings missing it). Whoever needs the rest
+    (the health gate reads the spec) asks the store for the full record. The field names
+    are the InstanceRecord's, so code that reads these fields takes either.
     """
 
     id: str
@@ -134,6 +143,9 @@ class TrackedInstance(NamedTuple):
     last_raw_status: str | None
     ip: str | None
     price_per_hour: float | None
+    accepted_at: datetime | None
+    missing_count: int
+    region: str | None
 
     @classmethod
     def of(cls, record: InstanceRecord) -> TrackedInstance:
@@ -142,7 +154,8 @@ class TrackedInstance(NamedTuple):
                    record.provider_instance_id, record.tag, record.name, record.billable,
                    record.created_at, record.state_entered_at, record.previous_state,
                    record.entered_by, record.last_raw_status, record.ip,
-                   record.price_per_hour)
+                   record.price_per_hour, record.accepted_at, record.missing_count,
+                   record.region)
 
 
 @dataclass(frozen=True, slots=True)

@@ -87,13 +87,32 @@ _ID_CHUNK = 1000
 _BATCH_ATTEMPTS = 3
 
 
+#: Record fields stored under another column name, in another unit (see ``_micros``).
+_COLUMN_OF = {"price_per_hour": "price_micros_per_hour"}
+_MICROS = 1_000_000
+
+
+def _micros(price: float | None) -> int | None:
+    """Dollars per hour → integer millionths: money is stored exactly (no 0.35000000000000003).
+
+    Providers quote at most cents of a cent, so a millionth of a dollar loses nothing.
+    """
+    return None if price is None else round(price * _MICROS)
+
+
+def _dollars(micros: int | None) -> float | None:
+    """The stored millionths → the float nearest to the exact price (350000 → 0.35)."""
+    return None if micros is None else micros / _MICROS
+
+
 def _raw(names: Iterable[str]) -> list[ColumnElement[Any]]:
     """The columns as the driver returns them: no SQLAlchemy result processing.
 
     The record readers below convert each value themselves, once, in one closure: the
     per-value type processors (and the UtcDateTime decorator) were most of list()'s time.
     """
-    return [type_coerce(_I.c[name], NullType()).label(name) for name in names]
+    return [type_coerce(_I.c[_COLUMN_OF.get(name, name)], NullType()).label(name)
+            for name in names]
 
 
 _RECORD_SELECT = _raw(_RECORD_COLUMNS)
@@ -144,13 +163,15 @@ def _record_reader(sqlite: bool) -> Callable[[Sequence[Any]], InstanceRecord]:
     """
     stamp = _sqlite_stamp if sqlite else _aware_stamp
     state, state_or_none, event_of, as_json = _state, _state_or_none, _event, _json_value
+    dollars = _dollars
 
     def record(v: Sequence[Any]) -> InstanceRecord:
         return InstanceRecord(
             v[0], v[1], state(v[2]), v[3], v[4], v[5], v[6], bool(v[7]), as_json(v[8]),
             cast(datetime, stamp(v[9])), cast(datetime, stamp(v[10])),
-            cast(datetime, stamp(v[11])), v[12], v[13], v[14], v[15], v[16], v[17], v[18],
-            stamp(v[19]), state_or_none(v[20]), event_of(v[21]), as_json(v[22]),
+            cast(datetime, stamp(v[11])), v[12], v[13], v[14], dollars(v[15]), v[16],
+            v[17], v[18], stamp(v[19]), state_or_none(v[20]), event_of(v[21]),
+            as_json(v[22]), stamp(v[23]), stamp(v[24]), v[25] or 0,
         )
 
     return record
@@ -170,7 +191,7 @@ def _tracked_reader(sqlite: bool) -> Callable[[Sequence[Any]], TrackedInstance]:
     tracked_cls = TrackedInstance
 
     def tracked(v: Sequence[Any]) -> TrackedInstance:
-        prev, raw, price = v[10], v[12], v[14]
+        prev, raw, price, accepted = v[10], v[12], v[14], v[15]
         # tuple.__new__ directly: the NamedTuple's generated __new__ is a Python call
         return tuple_new(tracked_cls, (
             v[0], share(v[1], v[1]), states.get(v[2]) or state(v[2]), v[3], v[4], v[5],
@@ -178,7 +199,9 @@ def _tracked_reader(sqlite: bool) -> Callable[[Sequence[Any]], TrackedInstance]:
             None if prev is None else (states.get(prev) or state(prev)),
             events.get(v[11]) or event_of(v[11]),
             None if raw is None else share(raw, raw), v[13],
-            None if price is None else share(price, price),
+            None if price is None else share(price, price / 1_000_000),
+            None if accepted is None else stamp(accepted), v[16] or 0,
+            None if v[17] is None else share(v[17], v[17]),
         ))
 
     return tracked
@@ -241,7 +264,9 @@ def make_engine(url: str, *, sqlite_synchronous: str = "FULL") -> Engine:
     database = parsed.database or ""
     memory = database in ("", ":memory:") or database.startswith("file::memory:")
     if not memory:
-        Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        # A URI-form name (``file:/p/x.db?mode=ro`` with ``uri=true``) names /p/x.db.
+        path = database.removeprefix("file:") if parsed.query.get("uri") else database
+        Path(path).expanduser().parent.mkdir(parents=True, exist_ok=True)
     kwargs: dict[str, Any] = {"connect_args": {"check_same_thread": False}}
     if memory:
         kwargs["poolclass"] = StaticPool  # one connection, or each would see its own db
@@ -295,7 +320,8 @@ class SqlInstanceStore:
                     )
         except SQLAlchemyError as exc:
             self.engine.dispose()
-            raise StoreError(f"cannot open the database: {type(exc).__name__}: {exc}") from exc
+            where = self.engine.url.render_as_string(hide_password=True)
+            raise StoreError(f"cannot open the database {where}: {_first_line(exc)}") from exc
         except BaseException:
             self.engine.dispose()  # a half-open store must not leak its pool
             raise
@@ -346,30 +372,55 @@ class SqlInstanceStore:
         except (StoreError, ValueError):
             raise
         except IntegrityError as exc:
-            raise StoreError(f"constraint violated: {exc.orig}") from exc
+            raise StoreError(f"constraint violated: {_first_line(exc)}") from exc
         except SQLAlchemyError as exc:
-            raise StoreError(f"database error: {type(exc).__name__}: {exc}") from exc
+            # One line: where and why. SQLAlchemy's own text carries the statement and its
+            # parameters (a spec, a tag), which a user can do nothing with.
+            where = self.engine.url.render_as_string(hide_password=True)
+            raise StoreError(f"database {where}: {_first_line(exc)}") from exc
 
     # ---- writes ----------------------------------------------------------------------
 
     def insert(self, record: InstanceRecord, *, actor: str, reason: str | None = None,
-               outbox: Sequence[tuple[str, dict[str, Any]]] = ()) -> InstanceRecord:
-        """Insert a new row in its initial state with its launch history row."""
+               outbox: Sequence[tuple[str, dict[str, Any]]] = (),
+               then: Sequence[Move] = ()) -> InstanceRecord:
+        """Insert a new row in its initial state with its launch history row.
+
+        ``then``: moves applied to the new row in the same transaction, each with its
+        history row (and outbox messages), in order. An instance adopted to be
+        terminated goes in as launch → observed_created → terminate at once: a crash can
+        leave it TERMINATING or absent, never as a live row nobody means to terminate.
+        Returns the row after the last move.
+        """
         _aware(record.created_at, record.updated_at, record.state_entered_at)
         values = _to_row(record)
+        at = record.created_at
         with self._tx() as conn:
             conn.execute(insert(_I).values(values))
             conn.execute(insert(_T).values(
                 instance_id=record.id, from_state=None, to_state=record.state.value,
                 event=Event.LAUNCH.value, kind=EdgeKind.COMMAND.value, actor=actor,
-                reason=reason, raw_status=None, version=record.version, at=record.created_at,
+                reason=reason, raw_status=None, version=record.version, at=at,
             ))
             if outbox:
                 conn.execute(insert(_O), [
                     {"instance_id": record.id, "url": url, "payload": payload,
-                     "created_at": record.created_at, "attempts": 0,
-                     "next_attempt_at": record.created_at} for url, payload in outbox])
-        return record
+                     "created_at": at, "attempts": 0, "next_attempt_at": at}
+                    for url, payload in outbox])
+            row: Row[Any] | None = None
+            for move in then:
+                if move.instance_id != record.id:
+                    raise ValueError("insert(then=...) moves the inserted row only")
+                moved = _columns(move.written(at))
+                row = conn.execute(
+                    self._update_stmt(frozenset(moved), checks_state=True, returning=True),
+                    _update_params(move, moved)).first()
+                if row is None:
+                    raise VersionConflict(record.id, move.expected_version)
+                conn.execute(insert(_T), _history_row(move, actor, at))
+                if move.outbox:
+                    conn.execute(insert(_O), _outbox_rows(move, at))
+        return record if row is None else self._record(row)
 
     def transition(
         self,
@@ -501,7 +552,7 @@ class SqlInstanceStore:
         facts are last-writer-wins reports from the provider, equally true from any writer.
         """
         _aware(at)
-        values = _checked(changes)
+        values = _columns(_checked(changes))
         values["updated_at"] = at
         params = {f"v_{k}": v for k, v in values.items()}
         params.update(w_id=instance_id, w_version=expected_version)
@@ -655,6 +706,10 @@ class SqlInstanceStore:
             query = query.where(_I.c.provider_instance_id == provider_instance_id)
         else:
             query = query.where(_I.c.tag == tag)
+        # A live row first: after a wrong "gone", an instance has its TERMINATED row and
+        # the live row that adopted it when it turned up again (the newest of those).
+        query = query.order_by(_I.c.state == InstanceState.TERMINATED.value,
+                               _I.c.created_at.desc(), _I.c.id)
         with self._tx() as conn:
             row = conn.execute(query.limit(1)).first()
         return None if row is None else self._record(row)
@@ -744,6 +799,13 @@ class SqlInstanceStore:
         ]
 
 
+def _first_line(exc: SQLAlchemyError) -> str:
+    """The driver's own message, first line only: no statement, no parameters."""
+    orig = getattr(exc, "orig", None)
+    text = str(orig) if orig is not None else str(exc)
+    return (text.strip().splitlines() or [type(exc).__name__])[0][:300]
+
+
 def _aware(*stamps: datetime) -> None:
     for stamp in stamps:
         if stamp.tzinfo is None:
@@ -766,7 +828,9 @@ def _to_row(record: InstanceRecord) -> dict[str, Any]:
         "previous_state": None if record.previous_state is None else record.previous_state.value,
         "entered_by": record.entered_by.value, "billable": record.billable, "spec": record.spec,
         "region": record.region, "instance_type": record.instance_type,
-        "price_per_hour": record.price_per_hour, "ip": record.ip, "version": record.version,
+        "price_micros_per_hour": _micros(record.price_per_hour), "ip": record.ip,
+        "version": record.version, "accepted_at": record.accepted_at,
+        "missing_since": record.missing_since, "missing_count": record.missing_count,
         "created_at": record.created_at, "updated_at": record.updated_at,
         "state_entered_at": record.state_entered_at, "last_seen_at": record.last_seen_at,
         "last_raw_status": record.last_raw_status, "last_error": record.last_error,
@@ -782,11 +846,14 @@ _ENUM_COLUMNS = ("state", "previous_state", "entered_by")
 
 
 def _columns(written: dict[str, Any]) -> dict[str, Any]:
-    """Record fields (enums) → column values (their strings), in place."""
+    """Record fields → column values, in place: enums to their strings, the price to its
+    exact column (millionths of a dollar)."""
     for name in _ENUM_COLUMNS:
         value = written.get(name)
         if value is not None:
             written[name] = value.value
+    if "price_per_hour" in written:
+        written["price_micros_per_hour"] = _micros(written.pop("price_per_hour"))
     return written
 
 
