@@ -30,7 +30,7 @@ from gpufsm.adapters import LaunchRequest, RetryPolicy, adapter_class, ownership
 from gpufsm.cli import app
 from gpufsm.cli._emulator import PROFILES, is_loopback, run_emulator
 from gpufsm.clock import SystemClock
-from gpufsm.errors import InsufficientCapacity, ProviderUnavailable
+from gpufsm.errors import AuthError, InsufficientCapacity, ProviderUnavailable
 from gpufsm.machines import InstanceState
 from gpufsm.specs import InstanceSpec
 from gpufsm.testing import FakeClock, SimulatedCloud
@@ -160,7 +160,8 @@ def test_429_queued_through_admin_is_retried_by_the_adapter(rig: Rig) -> None:
     assert queued.status_code == 201, queued.text
     assert queued.json()["queued"] == {
         "kind": "429", "times": 2, "method": "GET", "path_contains": "/instances",
-        "retry_after": 1.0, "status": 503, "delay": 0.0, "after_work": False}
+        "retry_after": 1.0, "status": 503, "delay": 0.0, "after_work": False,
+        "echo_key": False, "after": 0}
     assert [f["kind"] for f in rig.state()["http_faults"]] == ["429"]
     assert rig.adapter.list_instances() == []
     assert rig.server.counts[LIST] == 3  # two 429s, then the answer
@@ -185,7 +186,94 @@ def test_http_faults_never_hit_the_admin_api_and_can_be_cleared(rig: Rig) -> Non
     assert rig.server.counts[LIST] == 1
 
 
+def test_a_bare_404_through_admin_is_an_unknown_outcome_not_gone(rig: Rig) -> None:
+    pid = rig.launch()
+    assert rig.admin.post("/_emulator/http-faults", json={
+        "kind": "404", "times": 9, "method": "GET",
+        "path_contains": "/instances/"}).status_code == 201
+    with pytest.raises(ProviderUnavailable, match="wrong base_url or a proxy"):
+        rig.adapter.get(pid)
+    assert {status for _, _, status in rig.server.log if status != 200} == {404}
+
+
+def test_a_key_echoed_through_admin_never_reaches_the_caller(rig: Rig) -> None:
+    """The fault really echoes (a raw client sees the key), and the adapter scrubs it."""
+    for kind in ("401", "5xx"):
+        assert rig.admin.post("/_emulator/http-faults", json={
+            "kind": kind, "echo_key": True, "path_contains": "/api/v1/instances"}
+        ).status_code == 201
+        raw = httpx.get(f"{rig.server.url}/api/v1/instances", verify=TLS,
+                        headers={"Authorization": f"Bearer {KEY}"})
+        assert KEY in raw.text
+    rig.admin.post("/_emulator/http-faults", json={
+        "kind": "401", "echo_key": True, "path_contains": "/api/v1/instances"})
+    with pytest.raises(AuthError) as refused:
+        rig.adapter.list_instances()
+    assert KEY not in str(refused.value) and "**********" in str(refused.value)
+
+
+def test_after_lets_the_first_matching_requests_through(rig: Rig) -> None:
+    rig.admin.post("/_emulator/http-faults", json={
+        "kind": "5xx", "after": 1, "times": 9, "path_contains": "/api/v1/instances"})
+    assert rig.adapter.list_instances() == []  # the first one passes
+    with pytest.raises(ProviderUnavailable):
+        rig.adapter.list_instances()
+
+
 # ---- cloud faults -------------------------------------------------------------------------
+
+
+def test_read_lag_through_admin_hides_a_new_instance_for_a_while(rig: Rig) -> None:
+    lagged = rig.admin.post("/_emulator/cloud-faults",
+                            json={"action": "lag_reads", "seconds": 5})
+    assert lagged.json() == {"action": "lag_reads", "seconds": 5.0}
+    pid = rig.launch()
+    assert rig.adapter.get(pid) is None  # Lambda's own not-found, as right after a launch
+    assert rig.adapter.list_instances() == []
+    rig.admin.post("/_emulator/clock", json={"advance": 5})
+    assert rig.adapter.get(pid) is not None
+    assert [i.provider_instance_id for i in rig.adapter.list_instances()] == [pid]
+    rig.admin.post("/_emulator/cloud-faults", json={"action": "lag_reads", "seconds": 0})
+    assert rig.cloud.read_lag == 0.0
+
+
+def test_an_instance_made_in_the_console_through_admin(rig: Rig) -> None:
+    made = rig.admin.post("/_emulator/cloud-faults", json={
+        "action": "spawn_untracked", "name": "my-notebook"})
+    assert made.status_code == 200, made.text
+    body = made.json()
+    assert body["name"] == "my-notebook" and body["tag"] is None
+    assert body["instance_type"] == "gpu_1x_a10" and body["provider_id"] == body["id"]
+    crashed = rig.admin.post("/_emulator/cloud-faults", json={
+        "action": "spawn_untracked", "tag": ownership_tag("feed0001"),
+        "region": "us-east-1"}).json()
+    listed = {i.provider_instance_id: i for i in rig.adapter.list_instances()}
+    assert listed[body["id"]].tag is None and listed[body["id"]].name == "my-notebook"
+    assert listed[crashed["id"]].tag == ownership_tag("feed0001")
+    assert rig.cloud.calls["launch"] == 0  # not a launch: nothing of ours asked for it
+
+
+def test_spawned_instances_answer_with_the_id_the_dialect_shows() -> None:
+    cloud = SimulatedCloud("vastai", clock=FakeClock(), seed=1)
+    server = EmulatorServer(make_dialect("vastai", cloud), api_key=KEY)
+    enable_admin(server, cloud)
+    with server, httpx.Client(base_url=server.url, timeout=5.0, verify=TLS) as client:
+        body = client.post("/_emulator/cloud-faults", json={"action": "spawn_untracked"}).json()
+        adapter = adapter_class("vastai")(SecretStr(KEY), base_url=server.url,
+                                          clock=FakeClock(), rate_limits={})
+        with adapter:
+            seen = adapter.get(body["provider_id"])
+    assert body["provider_id"].isdigit() and body["provider_id"] != body["id"]
+    assert seen is not None and seen.tag is None
+
+
+def test_an_empty_outage_through_admin_is_an_empty_listing(rig: Rig) -> None:
+    rig.launch()
+    out = rig.admin.post("/_emulator/cloud-faults",
+                         json={"action": "outage", "listings": 1, "mode": "empty"})
+    assert out.json() == {"action": "outage", "listings": 1, "mode": "empty"}
+    assert rig.adapter.list_instances() == []  # the lie of a deprecated endpoint
+    assert len(rig.adapter.list_instances()) == 1
 
 
 def test_kill_through_admin_makes_get_report_failed(rig: Rig) -> None:
@@ -274,6 +362,14 @@ def test_clock_cannot_move_real_time() -> None:
     ("/_emulator/http-faults", {"kind": "slow"}, "delay"),
     ("/_emulator/http-faults", {"kind": "drop", "after_work": "yes"}, "after_work"),
     ("/_emulator/http-faults", {"kind": "429", "colour": "red"}, "colour"),
+    ("/_emulator/http-faults", {"kind": "401", "echo_key": "yes"}, "echo_key"),
+    ("/_emulator/http-faults", {"kind": "5xx", "after": -1}, "after"),
+    ("/_emulator/cloud-faults", {"action": "lag_reads"}, "seconds"),
+    ("/_emulator/cloud-faults", {"action": "lag_reads", "seconds": -1}, "seconds"),
+    ("/_emulator/cloud-faults", {"action": "spawn_untracked", "instance_type": "tpu"},
+     "instance_type"),
+    ("/_emulator/cloud-faults", {"action": "spawn_untracked", "region": "mars-1"}, "region"),
+    ("/_emulator/cloud-faults", {"action": "spawn_untracked", "tag": 7}, "tag"),
     ("/_emulator/cloud-faults", {"action": "explode"}, "action"),
     ("/_emulator/cloud-faults", {"action": "fail_next", "op": "fly", "error": "capacity"},
      "op"),

@@ -320,6 +320,48 @@ class TestFaults:
         assert client.get("/json").status_code == 429
         assert client.get("/json").status_code == 200
 
+    def test_401_is_the_dialects_own_refusal(self, server, client):
+        server.inject(HttpFault("401"))
+        response = client.get("/json")
+        assert (response.status_code, response.json()) == (401, {"error": "invalid api key"})
+        assert server.dialect.handled == []
+
+    def test_404_is_bare_html_with_no_provider_body(self, server, client):
+        server.inject(HttpFault("404", path_contains="/kv/"))
+        response = client.get("/kv/a")
+        assert response.status_code == 404
+        assert response.headers["content-type"] == "text/html"
+        assert "404 Not Found" in response.text and "error" not in response.text
+        assert server.dialect.handled == []
+
+    @pytest.mark.parametrize("kind", ["401", "404", "429", "5xx"])
+    def test_echo_key_repeats_the_callers_key_in_the_error(self, server, client, kind):
+        server.inject(HttpFault(kind, echo_key=True))
+        response = client.get("/json", headers={"Authorization": "Bearer sk-live-ECHOED"})
+        assert "sk-live-ECHOED" in response.text
+        assert client.get("/json").status_code == 200  # one answer only
+
+    @pytest.mark.parametrize(("body", "echoed"), [
+        ({"error": {"code": "x/y", "message": "m"}},  # the code is left alone
+         {"error": {"code": "x/y", "message": "m (key K)"}}),
+        ({"success": False, "error": "auth_error", "msg": "bad"},
+         {"success": False, "error": "auth_error", "msg": "bad (key K)"}),
+        ({"error": "Pod not found.", "status": 404},
+         {"error": "Pod not found. (key K)", "status": 404}),
+        ({"title": "Too Many Requests", "detail": "slow"},
+         {"title": "Too Many Requests", "detail": "slow (key K)"}),
+    ])
+    def test_echo_keeps_the_codes_a_mapper_reads(self, body, echoed):
+        from gpufsm.testing.emulators._server import _echo
+
+        assert _echo(EmulatorResponse(400, body), "K").body == echoed
+        assert body != echoed  # the dialect's own body is not changed
+
+    def test_after_lets_requests_through_first(self, server, client):
+        server.inject(HttpFault("5xx", after=2, times=1))
+        statuses = [client.get("/json").status_code for _ in range(4)]
+        assert statuses == [200, 200, 503, 200]
+
     def test_clear_faults(self, server, client):
         server.inject(HttpFault("5xx", times=10))
         server.inject(HttpFault("drop"))

@@ -11,6 +11,7 @@ import email.utils
 import logging
 import random
 import socket
+import time
 import traceback
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -28,6 +29,7 @@ from gpufsm.adapters import (
     TokenBucket,
     parse_retry_after,
 )
+from gpufsm.adapters._http import CONNECT_TIMEOUT
 from gpufsm.errors import (
     AuthError,
     CircuitOpen,
@@ -177,6 +179,24 @@ class TestTimeouts:
         assert info.value.not_sent is True
         assert "cannot connect" in str(info.value)
 
+    @pytest.mark.parametrize("exc", [httpx.ConnectError, httpx.ReadTimeout,
+                                     httpx.RemoteProtocolError])
+    def test_transport_errors_name_the_url_without_query_or_key(self, make_seam, exc):
+        seam = make_seam(Script(exc), retry=RetryPolicy(attempts=1))
+        with pytest.raises(TemporaryProviderError) as info:
+            seam.request("GET", "/instances", op="list", idempotent=True,
+                         params={"api_key": KEY, "page": 2})
+        assert f"{BASE}/instances" in str(info.value)
+        assert "page" not in str(info.value)
+        assert_no_key(full_text(info.value))
+
+    def test_connect_timeout_is_capped_below_the_call_timeout(self, make_seam):
+        script = Script(200)
+        seam = make_seam(script, timeout=60.0)
+        seam.request("GET", "/instances", op="list", idempotent=True)
+        assert script.requests[0].extensions["timeout"] == {
+            "connect": CONNECT_TIMEOUT, "read": 60.0, "write": 60.0, "pool": 60.0}
+
     @pytest.mark.parametrize("exc", [httpx.RemoteProtocolError, httpx.ReadError])
     def test_broken_connection_is_unavailable_and_maybe_sent(self, make_seam, exc):
         seam = make_seam(Script(exc), retry=RetryPolicy(attempts=1))
@@ -236,22 +256,42 @@ class TestRetries:
         assert len(rclock.sleeps) == 2
 
     @pytest.mark.parametrize("exc", [httpx.ConnectError, httpx.ConnectTimeout])
-    def test_non_idempotent_connect_failure_is_retried(self, make_seam, exc):
-        script = Script(exc, exc, 200)
+    def test_non_idempotent_connect_failure_is_retried_once(self, make_seam, exc):
+        script = Script(exc, 200)
         seam = make_seam(script)
         response = seam.request("POST", "/launch", op="launch", idempotent=False, json={})
         assert response.status_code == 200
-        assert script.count == 3
+        assert script.count == 2
 
-    def test_non_idempotent_connect_failure_gives_up_after_attempts(self, make_seam):
+    @pytest.mark.parametrize("idempotent", [True, False])
+    def test_connect_failure_gets_one_quick_retry_not_the_policy(self, make_seam, rclock,
+                                                                idempotent):
         script = Script(httpx.ConnectError)
-        seam = make_seam(script, retry=RetryPolicy(attempts=3))
+        seam = make_seam(script, retry=RetryPolicy(attempts=5, initial=10.0))
         with pytest.raises(ProviderUnavailable) as info:
-            seam.request("POST", "/launch", op="launch", idempotent=False, json={})
+            seam.request("POST", "/launch", op="launch", idempotent=idempotent, json={})
         assert info.value.not_sent is True
-        assert script.count == 3
+        assert script.count == 2
+        assert len(rclock.sleeps) == 1 and rclock.sleeps[0] <= 0.5
 
-    @pytest.mark.parametrize("status", [400, 401, 403, 404, 409, 422])
+    @pytest.mark.parametrize(("attempts", "sent"), [(1, 1), (2, 2), (9, 5)])
+    def test_a_request_may_ask_for_fewer_attempts_never_more(self, make_seam, attempts, sent):
+        script = Script(503)
+        seam = make_seam(script, retry=RetryPolicy(attempts=5))
+        with pytest.raises(ProviderUnavailable):
+            seam.request("GET", "/x", op="get", idempotent=True, attempts=attempts)
+        assert script.count == sent
+
+    def test_connect_attempts_are_a_policy_setting(self, make_seam, rclock):
+        script = Script(httpx.ConnectError)
+        seam = make_seam(script, retry=RetryPolicy(attempts=5, connect_attempts=3,
+                                                   connect_backoff=0.1))
+        with pytest.raises(ProviderUnavailable):
+            seam.request("GET", "/x", op="get", idempotent=True)
+        assert script.count == 3
+        assert all(s <= 0.1 for s in rclock.sleeps)
+
+    @pytest.mark.parametrize("status", [400, 401, 403, 409, 422])
     def test_permanent_errors_are_never_retried(self, make_seam, rclock, status):
         script = Script(status)
         seam = make_seam(script)
@@ -406,7 +446,7 @@ class TestBackoff:
 
 class TestErrorMapping:
     @pytest.mark.parametrize(("status", "cls"), [
-        (400, InvalidRequest), (401, AuthError), (403, AuthError), (404, ProviderNotFound),
+        (400, InvalidRequest), (401, AuthError), (403, AuthError), (404, ProviderUnavailable),
         (409, InvalidRequest), (422, InvalidRequest), (429, RateLimited),
         (500, ProviderUnavailable), (502, ProviderUnavailable), (503, ProviderUnavailable),
         (504, ProviderUnavailable),
@@ -422,22 +462,58 @@ class TestErrorMapping:
         assert info.value.provider == "acme"
 
     def test_request_id_appears_in_the_message(self, make_seam):
-        seam = make_seam(Script((404, {"x-request-id": "req-77"})))
-        with pytest.raises(ProviderNotFound) as info:
+        seam = make_seam(Script((400, {"x-request-id": "req-77"})))
+        with pytest.raises(InvalidRequest) as info:
             seam.request("GET", "/instances/9", op="get", idempotent=True)
         assert "(request req-77)" in str(info.value)
 
     def test_request_id_falls_back_to_request_id_header(self, make_seam):
-        seam = make_seam(Script((404, {"request-id": "abc"})))
-        with pytest.raises(ProviderNotFound) as info:
+        seam = make_seam(Script((400, {"request-id": "abc"})))
+        with pytest.raises(InvalidRequest) as info:
             seam.request("GET", "/instances/9", op="get", idempotent=True)
         assert info.value.request_id == "abc"
 
     def test_no_request_id_header_leaves_it_none(self, make_seam):
-        seam = make_seam(Script(404))
-        with pytest.raises(ProviderNotFound) as info:
+        seam = make_seam(Script(400))
+        with pytest.raises(InvalidRequest) as info:
             seam.request("GET", "/instances/9", op="get", idempotent=True)
         assert info.value.request_id is None
+
+    @pytest.mark.parametrize("body", [b"", b"<html>404 Not Found</html>", b'{"detail": "x"}'])
+    def test_a_404_the_mapper_does_not_recognise_is_an_unknown_outcome(self, make_seam,
+                                                                      body):
+        """Issue 9 item 5: one rule for every adapter. Only a mapper that recognised the
+        provider's own not-found envelope may say "absent"; the status alone never does."""
+        mapped: list[int] = []
+
+        def mapper(response: httpx.Response, provider: str) -> ProviderError | None:
+            mapped.append(response.status_code)
+            return None
+
+        seam = make_seam(lambda r: httpx.Response(404, content=body),
+                         error_mapper=mapper, retry=RetryPolicy(attempts=1))
+        with pytest.raises(ProviderUnavailable) as info:
+            seam.request("GET", "/instances/9", op="get", idempotent=True,
+                         params={"api_key": KEY})
+        assert not isinstance(info.value, ProviderNotFound)
+        assert mapped == [404]
+        message = str(info.value)
+        assert "404 without acme's error body: wrong base_url or a proxy in the way" in message
+        assert f"GET {BASE}/instances/9" in message
+        assert_no_key(full_text(info.value))
+
+    def test_a_404_the_mapper_recognises_is_not_found(self, make_seam):
+        def mapper(response: httpx.Response, provider: str) -> ProviderError | None:
+            if response.json().get("code") == "acme/gone":
+                return ProviderNotFound("gone", provider=provider, code="acme/gone")
+            return None
+
+        seam = make_seam(lambda r: httpx.Response(404, json={"code": "acme/gone"}),
+                         error_mapper=mapper)
+        with pytest.raises(ProviderNotFound) as info:
+            seam.request("GET", "/instances/9", op="get", idempotent=True)
+        assert info.value.status_code == 404
+        assert seam.calls == 1  # permanent: not retried
 
     def test_mapper_is_consulted_first_and_its_class_wins(self, make_seam):
         seen: list[tuple[int, str]] = []
@@ -607,7 +683,7 @@ class TestCircuitBreaker:
         assert script.count == 2
         assert len(rclock.sleeps) == 2  # the third attempt is refused locally, not retried
 
-    @pytest.mark.parametrize("status", [400, 401, 404, 422])
+    @pytest.mark.parametrize("status", [400, 401, 422])
     def test_4xx_answers_do_not_count(self, make_seam, rclock, status):
         script = Script(status)
         seam = self._seam(make_seam, rclock, script, threshold=2)
@@ -627,11 +703,11 @@ class TestCircuitBreaker:
         assert script.count == 4
 
     def test_a_4xx_answer_breaks_the_run_of_failures(self, make_seam, rclock):
-        script = Script(503, 404, 503)
+        script = Script(503, 400, 503)
         seam = self._seam(make_seam, rclock, script, threshold=2)
         with pytest.raises(ProviderUnavailable):
             seam.request("GET", "/x", op="get", idempotent=True)
-        with pytest.raises(ProviderNotFound):
+        with pytest.raises(InvalidRequest):
             seam.request("GET", "/x", op="get", idempotent=True)
         with pytest.raises(ProviderUnavailable):
             seam.request("GET", "/x", op="get", idempotent=True)
@@ -861,16 +937,19 @@ class TestOverLoopback:
                                  idempotent=True).json()["items"] == [{"id": 1, "n": 1}]
 
     def test_server_error_mapped_with_request_id(self, live_seam, items_server):
-        with pytest.raises(ProviderNotFound) as info:
-            live_seam.request("GET", "/nope", op="get", idempotent=True)
-        assert info.value.request_id == "nf"
-        assert info.value.status_code == 404
         items_server.inject(HttpFault("5xx", status=502, times=10))
         with pytest.raises(ProviderUnavailable) as info2:
             live_seam.request("POST", "/items", op="launch", idempotent=False, json={})
         assert info2.value.status_code == 502
         assert items_server.counts["POST /v1/items"] == 1
         assert items_server.dialect.items == []
+        items_server.clear_faults()
+        live_seam.breaker.record_success()  # the 502 counted; the 404s' retries count too
+        with pytest.raises(ProviderUnavailable) as info:  # no mapper: a 404 proves nothing
+            live_seam.request("GET", "/nope", op="get", idempotent=True)
+        assert info.value.request_id == "nf"
+        assert info.value.status_code == 404
+        assert f"{items_server.url}/v1/nope" in str(info.value)
 
     def test_wrong_key_is_auth_error_without_the_key(self, items_server, rclock, caplog):
         seam = HttpSeam(provider="items", base_url=items_server.url,
@@ -885,7 +964,7 @@ class TestOverLoopback:
         assert_no_key(full_text(info.value), caplog.text)
         assert "sk-test-WRONG" not in caplog.text + full_text(info.value)
 
-    def test_refused_connection_retries_a_launch(self, rclock):
+    def test_refused_connection_retries_a_launch_once(self, rclock):
         with socket.socket() as s:  # a port nobody listens on
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
@@ -897,6 +976,42 @@ class TestOverLoopback:
         finally:
             seam.close()
         assert info.value.not_sent is True
-        assert seam.calls == 3
-        assert len(rclock.sleeps) == 2
+        assert seam.calls == 2
+        assert len(rclock.sleeps) == 1
+        assert f"http://127.0.0.1:{port}/v1/items" in str(info.value)
         assert_no_key(full_text(info.value))
+
+    def test_a_refused_launch_does_not_spend_the_launch_rate_limit(self, rclock):
+        """Lambda allows one launch per 12 s: the quick retry of a request that never
+        left must not wait twelve seconds for a token the provider never saw spent."""
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        seam = HttpSeam(provider="items", base_url=f"http://127.0.0.1:{port}",
+                        api_key=SecretStr(KEY), clock=rclock,
+                        rate_limits={"launch": RateLimit(1 / 12, burst=1)})
+        try:
+            with pytest.raises(ProviderUnavailable):
+                seam.request("POST", "/v1/items", op="launch", idempotent=False, json={})
+        finally:
+            seam.close()
+        assert seam.calls == 2
+        assert sum(rclock.sleeps) < 1.0, rclock.sleeps
+
+    def test_refused_connection_fails_in_seconds_with_the_default_policy(self):
+        """Issue 10 item 5: 49.8 s of retries against a port nothing listens on. With the
+        default policy and the real clock, the whole call now takes well under 5 s."""
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        seam = HttpSeam(provider="items", base_url=f"http://127.0.0.1:{port}",
+                        api_key=SecretStr(KEY))
+        started = time.monotonic()
+        try:
+            with pytest.raises(ProviderUnavailable) as info:
+                seam.request("GET", "/v1/items", op="list", idempotent=True)
+        finally:
+            seam.close()
+        assert time.monotonic() - started < 5.0
+        assert info.value.not_sent is True
+        assert f"127.0.0.1:{port}/v1/items" in str(info.value)

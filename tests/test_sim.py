@@ -480,6 +480,43 @@ class TestFaults:
         assert sim.get(other).tag is None
         assert sim.calls == Counter({"get": 2})
 
+    def test_spawn_untracked_as_if_made_in_the_console(self, sim):
+        pid = sim.spawn_untracked(None, name="my-notebook", region="us-west-1")
+        seen = sim.get(pid)
+        assert seen is not None
+        assert (seen.tag, seen.name, seen.region) == (None, "my-notebook", "us-west-1")
+        with pytest.raises(InsufficientCapacity):
+            sim.spawn_untracked(None, instance_type="gpu_1x_h100", region="us-west-1")
+
+    @pytest.mark.parametrize(("limit", "launches"), [(0.5, False), (0.75, True), (1.0, True)])
+    def test_a_price_cap_is_honoured(self, sim, limit, launches):
+        """The sim is an adapter too: a type above ``max_price_per_hour`` (gpu_1x_a10 is
+        $0.75/h) is refused before anything is created, as the real adapters refuse it."""
+        spec = InstanceSpec(provider="sim", instance_type="gpu_1x_a10",
+                            max_price_per_hour=limit)
+        req = LaunchRequest(spec=spec, tag="gpufsm-cap", client_token="cap")
+        if launches:
+            assert sim.get(sim.launch(req)) is not None
+        else:
+            with pytest.raises(InsufficientCapacity, match="above max_price_per_hour"):
+                sim.launch(req)
+            assert sim.live_instances(ours_only=False) == []
+            assert sim.calls["launch"] == 0  # refused before the launch, as over HTTP
+
+    def test_read_lag_hides_new_instances_from_reads_not_from_commands(self, sim, fclock):
+        sim.lag_reads(5.0)
+        pid = sim.launch(request())
+        assert sim.get(pid) is None and sim.list_instances() == []
+        fclock.advance(4.9)
+        assert sim.get(pid) is None
+        fclock.advance(0.1)
+        assert sim.get(pid) is not None and len(sim.list_instances()) == 1
+        late = sim.launch(request("b"))
+        sim.terminate(late)  # commands act during the lag
+        assert sim.instance(late).phase == "terminating"
+        with pytest.raises(ValueError, match="read lag"):
+            sim.lag_reads(-1)
+
     def test_spawn_untracked_leaves_launch_faults_alone(self, fclock):
         seen: list[str] = []
         sim = SimulatedCloud(clock=fclock, on_call=seen.append)

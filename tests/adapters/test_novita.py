@@ -19,7 +19,6 @@ import pytest
 from gpufsm.adapters import (
     InstanceTypeOffer,
     LaunchRequest,
-    ProviderAdapter,
     RateLimit,
     RetryPolicy,
     ownership_tag,
@@ -51,7 +50,6 @@ from gpufsm.errors import (
     ProviderUnavailable,
     QuotaExceeded,
     RateLimited,
-    TemporaryProviderError,
     ValidationError,
 )
 from gpufsm.machines import Capabilities, InstanceState
@@ -244,12 +242,6 @@ def launched(adapter: NovitaAdapter, cloud: SimulatedCloud, token: str = "c0ffee
 
 
 # ---- lifecycle ---------------------------------------------------------------------------
-
-
-def test_is_a_provider_adapter_with_stop_restart_and_no_tags(adapter: NovitaAdapter) -> None:
-    assert isinstance(adapter, ProviderAdapter)
-    assert adapter.name == "novita"
-    assert adapter.capabilities == Capabilities(stop=True, restart=True, tags=False)
 
 
 def test_lifecycle_over_http(adapter: NovitaAdapter, cloud: SimulatedCloud,
@@ -507,9 +499,9 @@ def test_mapper_falls_back_to_the_status() -> None:
     assert map_novita_error(httpx.Response(400, json={"code": 400}), "novita") is None
     assert map_novita_error(httpx.Response(502, text="<html>bad gateway</html>"),
                             "novita") is None
-    # Novita says not-found with 400; a bare 404 is a wrong path, never "instance gone".
-    bare = map_novita_error(httpx.Response(404, text="404 page not found"), "novita")
-    assert isinstance(bare, InvalidRequest)
+    # Novita says not-found with 400; a 404 without a reason is left to the seam, which
+    # reads it as an unknown outcome (wrong path, proxy), never "instance gone".
+    assert map_novita_error(httpx.Response(404, text="404 page not found"), "novita") is None
     reasoned = map_novita_error(httpx.Response(404, json={"reason": "RESOURCE_NOT_FOUND"}),
                                 "novita")
     assert isinstance(reasoned, ProviderNotFound)
@@ -527,14 +519,15 @@ def test_capacity_error_over_http(adapter: NovitaAdapter, cloud: SimulatedCloud,
                                   server: EmulatorServer) -> None:
     product = next(o for o in adapter.instance_types() if o.name == "RTX 4090 24GB")
     spec = make_spec(options={"productId": product.offer_id, "clusterId": "ap-jp-01"})
+    with pytest.raises(InsufficientCapacity):
+        adapter.launch(launch_request(spec))  # not offered there: refused before create
+    assert server.counts[CREATE] == 0
+    cloud.fail_next("launch", "capacity")
     with pytest.raises(InsufficientCapacity) as info:
-        adapter.launch(launch_request(spec))
+        adapter.launch(launch_request())
     assert info.value.code == "INSUFFICIENT_RESOURCE"
     assert info.value.status_code == 400
-    cloud.fail_next("launch", "capacity")
-    with pytest.raises(InsufficientCapacity):
-        adapter.launch(launch_request())
-    assert server.counts[CREATE] == 2  # permanent: never retried
+    assert server.counts[CREATE] == 1  # permanent: never retried
     assert cloud.live_instances(ours_only=False) == []
 
 
@@ -551,23 +544,11 @@ def test_credit_and_quota_errors_over_http(adapter: NovitaAdapter,
     assert quota.value.code == "CREATE_INSTANCE_LIMIT"
 
 
-def test_wrong_key_is_auth_error_not_retried(server: EmulatorServer, cloud: SimulatedCloud,
-                                             clock: FakeClock) -> None:
-    with make_adapter(server, clock, api_key="wrong-key") as bad, \
-            pytest.raises(AuthError) as info:
-        bad.list_instances()
-    assert info.value.code == "INVALID_API_KEY"
-    assert info.value.status_code == 403
-    assert server.counts[LIST] == 1
-
-
-def test_not_found_over_http(adapter: NovitaAdapter, cloud: SimulatedCloud) -> None:
-    assert adapter.get("nv-404") is None
+def test_not_found_is_a_400_with_a_reason(adapter: NovitaAdapter) -> None:
     with pytest.raises(ProviderNotFound) as info:
         adapter.start("nv-404")
     assert info.value.code == "RESOURCE_NOT_FOUND"
     assert info.value.status_code == 400
-    adapter.terminate("nv-404")  # not-found = done
 
 
 def test_wrong_state_command_is_invalid_request(adapter: NovitaAdapter,
@@ -578,88 +559,77 @@ def test_wrong_state_command_is_invalid_request(adapter: NovitaAdapter,
     assert info.value.code == "CONFLICT"
 
 
-def test_bare_404_is_never_read_as_gone(server: EmulatorServer, cloud: SimulatedCloud,
-                                        clock: FakeClock) -> None:
-    with make_adapter(server, clock, base_url=server.url + "/not-novita") as lost:
-        with pytest.raises(InvalidRequest):
-            lost.get("nv-000001")
-        with pytest.raises(InvalidRequest):
-            lost.terminate("nv-000001")
-
-
-@pytest.mark.parametrize("retry_after", [7.0, None])
-def test_429_is_retried(adapter: NovitaAdapter, cloud: SimulatedCloud, server: EmulatorServer,
-                        clock: FakeClock, retry_after: float | None) -> None:
-    server.inject(HttpFault("429", retry_after=retry_after, path_contains="/gpu/instances"))
-    assert adapter.list_instances() == []
-    assert server.counts[LIST] == 2
-    if retry_after is not None:
-        assert clock.monotonic() >= retry_after
-
-
-def test_429_on_launch_is_retried_because_nothing_was_done(
+def test_an_unknown_product_id_is_refused_before_create(
         adapter: NovitaAdapter, cloud: SimulatedCloud, server: EmulatorServer) -> None:
-    server.inject(HttpFault("429", retry_after=1, path_contains="/create"))
-    pid = adapter.launch(launch_request())
-    assert server.counts[CREATE] == 2
-    assert [i.id for i in cloud.live_instances()] == [pid]
-
-
-def test_5xx_is_retried_for_reads(adapter: NovitaAdapter, cloud: SimulatedCloud,
-                                  server: EmulatorServer) -> None:
-    server.inject(HttpFault("5xx", times=2, status=503, method="GET"))
-    assert adapter.list_instances() == []
-    assert server.counts[LIST] == 3
-
-
-def test_lasting_outage_raises_instead_of_an_empty_list(adapter: NovitaAdapter,
-                                                        cloud: SimulatedCloud,
-                                                        server: EmulatorServer) -> None:
-    cloud.outage(10, mode="error")
-    with pytest.raises(ProviderUnavailable):
-        adapter.list_instances()
-    assert server.counts[LIST] == 4
-
-
-def test_empty_outage_passes_through(adapter: NovitaAdapter, cloud: SimulatedCloud) -> None:
-    launched(adapter, cloud)
-    cloud.outage(1, mode="empty")
-    assert adapter.list_instances() == []  # the lie the reconciler must see through
-    assert len(adapter.list_instances()) == 1
-
-
-@pytest.mark.parametrize("after_work", [True, False])
-def test_dropped_launch_is_not_retried(adapter: NovitaAdapter, cloud: SimulatedCloud,
-                                       server: EmulatorServer, after_work: bool) -> None:
-    server.inject(HttpFault("drop", path_contains="/create", after_work=after_work))
-    request = launch_request()
-    with pytest.raises(TemporaryProviderError):
-        adapter.launch(request)
-    assert server.counts[CREATE] == 1
-    tagged = [i for i in adapter.list_instances() if i.tag == request.tag]
-    assert len(tagged) == (1 if after_work else 0)  # found by tag: nothing leaks
-
-
-def test_5xx_and_timeouts_on_launch_are_not_retried(adapter: NovitaAdapter,
-                                                    cloud: SimulatedCloud,
-                                                    server: EmulatorServer) -> None:
-    server.inject(HttpFault("5xx", status=502, path_contains="/create"))
-    with pytest.raises(ProviderUnavailable):
-        adapter.launch(launch_request(token="a"))
-    cloud.fail_next("launch", "timeout", after_work=True)  # 504 from the gateway, work done
-    with pytest.raises(ProviderUnavailable):
-        adapter.launch(launch_request(token="b"))
-    assert server.counts[CREATE] == 2
-    assert [i.tag for i in cloud.live_instances()] == ["gpufsm-b"]
-
-
-def test_unknown_product_id_on_create_is_invalid_request_not_not_found(
-        adapter: NovitaAdapter, cloud: SimulatedCloud) -> None:
-    spec = make_spec(options={"productId": "prod-does-not-exist"})
+    """``options.productId`` was sent unchecked, so the type, cluster and price cap were
+    ignored for it (issue 9 item 8): it is looked up among the type's products now."""
+    spec = make_spec(options={"productId": "prod-does-not-exist", "port_types": {8888: "http"}})
     with pytest.raises(InvalidRequest) as info:
         adapter.launch(launch_request(spec))
+    assert info.value.code == "PRODUCT_NOT_FOUND"
+    assert server.counts[CREATE] == 0
+    product = next(o for o in adapter.instance_types() if o.name == "H100 SXM 80GB")
+    with pytest.raises(InvalidRequest, match="is not a 'RTX 4090 24GB' product"):
+        adapter.launch(launch_request(make_spec(options={"productId": product.offer_id})))
+    with pytest.raises(InsufficientCapacity, match="max_price_per_hour"):
+        adapter.launch(launch_request(make_spec(
+            instance_type="H100 SXM 80GB", max_price_per_hour=1.0,
+            options={"productId": product.offer_id})))
+    assert server.counts[CREATE] == 0
+
+
+def test_not_found_on_create_is_about_the_request_not_an_instance(
+        adapter: NovitaAdapter, cloud: SimulatedCloud, server: EmulatorServer) -> None:
+    def image_gone(req: EmulatorRequest, resp: EmulatorResponse) -> None:
+        resp.status, resp.body = 400, {"code": 400, "reason": "RESOURCE_NOT_FOUND",
+                                       "message": "image not found"}
+    tamper(server, "/gpu/instance/create", image_gone)
+    with pytest.raises(InvalidRequest) as info:
+        adapter.launch(launch_request())
     assert not isinstance(info.value, ProviderNotFound)
     assert info.value.code == "RESOURCE_NOT_FOUND"
+
+
+# ---- price and region of an instance ---------------------------------------------------------
+
+
+def test_instances_carry_their_cluster_and_the_price_of_their_product(
+        adapter: NovitaAdapter, cloud: SimulatedCloud, server: EmulatorServer) -> None:
+    """Issue 10 item 14: Novita rows never recorded $/h or region. Instances carry no
+    price: it is the product's per-GPU price times gpuNum (products read once, cached)."""
+    two = adapter.launch(launch_request(make_spec(gpu_count=2, region="eu-de-01")))
+    spot = adapter.launch(launch_request(make_spec(options={"billingMode": "spot"}), "b0b"))
+    seen = adapter.get(two)
+    assert seen is not None and seen.region == "eu-de-01"
+    assert seen.price_per_hour == pytest.approx(0.70)
+    listed = {i.provider_instance_id: i for i in adapter.list_instances()}
+    assert listed[two].price_per_hour == pytest.approx(0.70)
+    assert listed[spot].price_per_hour == pytest.approx(0.18)  # the spot price
+    assert listed[two].region == "eu-de-01"
+    products = server.counts[PRODUCTS]
+    adapter.get(two)
+    adapter.list_instances()
+    assert server.counts[PRODUCTS] == products  # cached
+
+
+def test_monthly_billing_has_no_hourly_price(adapter: NovitaAdapter, cloud: SimulatedCloud
+                                             ) -> None:
+    pid = adapter.launch(launch_request(make_spec(
+        options={"billingMode": "monthly", "month": 1})))
+    seen = adapter.get(pid)
+    assert seen is not None and seen.price_per_hour is None and seen.region
+
+
+def test_a_products_listing_that_fails_leaves_the_price_unknown_not_the_instance(
+        adapter: NovitaAdapter, cloud: SimulatedCloud, server: EmulatorServer) -> None:
+    pid = adapter.launch(launch_request())
+    server.inject(HttpFault("5xx", times=99, path_contains="/products"))
+    before = server.counts[PRODUCTS]
+    seen = adapter.get(pid)
+    assert seen is not None and seen.price_per_hour is None
+    assert [i.provider_instance_id for i in adapter.list_instances()] == [pid]
+    assert server.counts[PRODUCTS] == before + 1  # tried once, then not until it expires
+    assert not adapter.seam.breaker.is_open
 
 
 # ---- pagination ------------------------------------------------------------------------------
@@ -869,6 +839,10 @@ def test_instance_types_in_dollars(adapter: NovitaAdapter, cloud: SimulatedCloud
     assert rtx.offer_id
     assert rtx.offer_id.startswith("prod-")
     assert h100.spot_price_per_hour is None  # "0" means no spot offer
+    # Issue 10 item 14: ``types`` showed no GPU count. A product is one GPU at its price.
+    assert (rtx.gpus, h100.gpus) == (1, 1)
+    assert rtx.description is not None and "per GPU" in rtx.description
+    assert "1-8 GPUs" in rtx.description
     assert not a100.available
     assert a100.regions == ()
     assert cheapest_offer(offers.values()) is rtx
@@ -955,6 +929,8 @@ def test_launch_refuses_before_create(adapter: NovitaAdapter, cloud: SimulatedCl
     ({"options": {"billingMode": "monthly"}}, "options.month"),
     ({"options": {"port_types": {9999: "http"}}}, "options.port_types.9999"),
     ({"options": {"port_types": {22: "udp"}}}, "options.port_types.22"),
+    ({"ssh_key_names": ("laptop",)}, "ssh_key_names"),  # Novita takes no key names
+    ({"region": "us-ca-01", "options": {"clusterId": "eu-de-01"}}, "region"),
 ])
 def test_spec_validation_names_the_field_before_any_call(
         adapter: NovitaAdapter, cloud: SimulatedCloud, server: EmulatorServer,
@@ -975,44 +951,6 @@ def test_a_good_spec_validates(adapter: NovitaAdapter) -> None:
 
 
 # ---- secrets ----------------------------------------------------------------------------------
-
-
-def test_the_key_never_leaks(server: EmulatorServer, cloud: SimulatedCloud, clock: FakeClock,
-                             caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.DEBUG)
-    for name in ("httpx", "httpcore", "gpufsm"):
-        caplog.set_level(logging.DEBUG, logger=name)
-    texts: list[str] = []
-    with make_adapter(server, clock) as good:
-        texts += [repr(good), repr(good.seam), str(vars(good))]
-        pid = launched(good, cloud)
-        server.inject(HttpFault("429", path_contains="/gpu/instance"))
-        good.get(pid)
-        cloud.set_raw_status(pid, "zz-new-status")
-        good.list_instances()
-        good.terminate(pid)
-    wrong = "wrong-SECRET-key-55aa"
-    with make_adapter(server, clock, api_key=wrong) as bad:
-        with pytest.raises(AuthError) as info:
-            bad.get(pid)
-        texts += [str(info.value), repr(info.value), repr(bad)]
-    assert caplog.records  # the logs were on
-    for text in [caplog.text, *texts]:
-        assert KEY not in text
-        assert wrong not in text
-
-
-def test_missing_key_names_the_variable(monkeypatch: pytest.MonkeyPatch,
-                                        tmp_path: Path) -> None:
-    monkeypatch.chdir(tmp_path)  # no .env here
-    monkeypatch.delenv("NOVITA_API_KEY", raising=False)
-    monkeypatch.delenv("GPUFSM_NOVITA_API_KEY", raising=False)
-    with pytest.raises(ValidationError) as info:
-        NovitaAdapter()
-    assert info.value.field == "NOVITA_API_KEY"
-    monkeypatch.setenv("NOVITA_API_KEY", KEY)
-    with NovitaAdapter() as from_env:
-        assert KEY not in repr(from_env)
 
 
 def test_documented_default_rate_limit_is_a_stated_guess() -> None:

@@ -29,16 +29,13 @@ from jsonschema import Draft202012Validator
 from gpufsm.adapters import (
     InstanceTypeOffer,
     LaunchRequest,
-    ProviderAdapter,
     RetryPolicy,
-    adapter_class,
     ownership_tag,
 )
 from gpufsm.adapters._vastai_models import VastInstance
 from gpufsm.adapters.vastai import (
     NULL_STATUS,
     VAST_ERRORS,
-    VAST_RATE_LIMITS,
     VAST_STATUSES,
     VastAdapter,
     map_vast_error,
@@ -55,7 +52,6 @@ from gpufsm.errors import (
     ProviderNotFound,
     ProviderUnavailable,
     RateLimited,
-    TemporaryProviderError,
     ValidationError,
 )
 from gpufsm.machines import InstanceState
@@ -66,7 +62,6 @@ from gpufsm.testing.emulators import (
     EmulatorResponse,
     EmulatorServer,
     HttpFault,
-    make_dialect,
 )
 from gpufsm.testing.emulators.vastai import VastDialect
 
@@ -91,7 +86,7 @@ NOTES_STATUSES: dict[str | None, InstanceState] = {
     "running": S.RUNNING,
     "stopped": S.STOPPED,
     "frozen": S.RUNNING,  # paused, but GPU charges apply
-    "exited": S.FAILED,
+    "exited": S.FAILED,  # on its own; with intent running it is starting (see vast_state)
     "rebooting": S.STARTING,
     "unknown": S.FAILED,
     "offline": S.FAILED,
@@ -351,11 +346,6 @@ def test_lifecycle_launch_stop_start_restart_terminate(env: Env) -> None:
         assert env.check.validated[key], f"not validated against the spec: {key}"
 
 
-def test_terminate_unknown_instance_is_success(env: Env) -> None:
-    env.adapter.terminate("99999999")
-    assert env.count("DELETE", "/api/v0/instances/") == 1
-
-
 def test_terminate_accepts_an_empty_200(env: Env) -> None:
     pid = launch(env)
     env.dialect.empty_destroy_body = True
@@ -399,14 +389,24 @@ def test_launch_sends_vast_shaped_search_and_create(env: Env) -> None:
     assert inst.region == "Texas, US"  # Stockholm, SE is not in "US"
 
 
-def test_launch_with_explicit_offer_skips_the_search(env: Env) -> None:
+def test_an_explicit_offer_is_still_held_to_the_spec(env: Env) -> None:
+    """``options.offer_id`` skipped the search, so type, count, region and the price cap
+    were silently ignored for it (issue 9 item 8). It is searched for by id now."""
     offers = {(o.name, o.gpus): o for o in env.adapter.instance_types()}
     offer = offers[("RTX 3090", 1)]
-    searches = env.count("POST", "/api/v0/bundles/")
+    assert offer.offer_id is not None
     pid = launch(env, instance_type="RTX 3090", options={"offer_id": offer.offer_id})
-    assert env.count("POST", "/api/v0/bundles/") == searches
+    search = env.bodies("POST", "/api/v0/bundles/")[-1]
+    assert search["id"] == {"eq": int(offer.offer_id)}
+    assert search["gpu_name"] == {"eq": "RTX 3090"}
     assert env.count("PUT", f"/api/v0/asks/{offer.offer_id}/") == 1
     assert get(env, pid).region == "Quebec, CA"
+    for mismatch in ({"instance_type": "RTX 4090"}, {"max_price_per_hour": 0.1},
+                     {"region": "US"}):
+        with pytest.raises(InsufficientCapacity, match=f"offer {offer.offer_id} is not"):
+            launch(env, **{"instance_type": "RTX 3090", "options": {"offer_id": offer.offer_id},
+                           **mismatch})
+    assert env.count("PUT", "/api/v0/asks/") == 1
 
 
 def test_interruptible_launch_bids(env: Env) -> None:
@@ -443,7 +443,7 @@ def test_the_status_table_is_exactly_the_notes_vocabulary() -> None:
 
 @pytest.mark.parametrize(("word", "state"), list(NOTES_STATUSES.items()))
 def test_every_documented_status_word_maps(word: str | None, state: InstanceState) -> None:
-    assert vast_state(word, "running", "running")[1] is state
+    assert vast_state(word)[1] is state
 
 
 @pytest.mark.parametrize(("actual", "intended", "cur", "raw", "state"), [
@@ -452,7 +452,13 @@ def test_every_documented_status_word_maps(word: str | None, state: InstanceStat
     ("frozen", "stopped", "running", "frozen (intended stopped)", S.STOPPING),
     ("exited", "stopped", "stopped", "exited (stopped)", S.STOPPED),  # a stop, not a crash
     ("exited", "running", "stopped", "exited (stopped)", S.STOPPED),  # start still pending
-    ("exited", "running", "running", "exited", S.FAILED),  # it died on its own
+    # Issue 9 item 12: right after a start Vast still shows the stopped container exited
+    # while intent and contract say running. That is a start, never a failure to destroy.
+    ("exited", "running", "running", "exited (intended running)", S.STARTING),
+    ("exited", "running", None, "exited (intended running)", S.STARTING),
+    ("EXITED", "Running", "running", "EXITED (intended running)", S.STARTING),
+    ("exited", None, None, "exited", S.FAILED),  # nobody intends it to run: it died
+    ("exited", "frozen", "running", "exited", S.FAILED),
     ("stopped", "running", "stopped", "stopped", S.STOPPED),
     ("running", "running", "unloaded", "unloaded", S.TERMINATED),  # released on destroy
     ("zz-new", "running", "unloaded", "unloaded", S.TERMINATED),
@@ -486,8 +492,8 @@ def test_unknown_status_is_unknown_and_logged(env: Env, caplog: pytest.LogCaptur
     ("running", S.RUNNING),
     ("stopping", S.STOPPING),
     ("stopped", S.STOPPED),
-    ("unhealthy", S.FAILED),
-    ("preempted", S.FAILED),
+    ("unhealthy", S.FAILED),  # the host stopped answering: actual_status "unknown"
+    ("preempted", S.STOPPED),  # outbid: contract stopped, intent kept
     ("terminating", S.TERMINATED),
     ("terminated", None),  # Vast lists no destroyed instance: get answers null
 ])
@@ -500,6 +506,27 @@ def test_every_sim_phase_reads_as_intended(env: Env, phase: str, state: Instance
     assert (seen.state if seen else None) is state
     listed = [i for i in env.adapter.list_instances() if i.provider_instance_id == pid]
     assert [i.state for i in listed] == ([state] if state else [])
+
+
+def test_a_stopped_machine_being_started_reads_starting_not_failed(env: Env) -> None:
+    """Issue 9 item 12: stop, then start: Vast still reports the container ``exited`` for
+    a moment while intent and contract say running. Read FAILED, the next pass destroyed
+    the user's machine and disk; it is STARTING."""
+    pid = launch(env)
+    env.cloud.settle(120)
+    env.adapter.stop(pid)
+    env.cloud.settle(60)
+    inst = env.sim(pid)
+    env.cloud.set_raw_status(inst.id, "exited")  # how Vast shows a stopped container
+    assert (get(env, pid).raw_status, get(env, pid).state) == ("exited (stopped)", S.STOPPED)
+    env.adapter.start(pid)
+    env.cloud.settle(1.0)  # intent and contract say running now
+    env.cloud.set_raw_status(inst.id, "exited")  # the container has not moved yet
+    starting = get(env, pid)
+    assert (starting.raw_status, starting.state) == ("exited (intended running)", S.STARTING)
+    env.cloud.set_raw_status(inst.id, None)
+    env.cloud.settle(60)
+    assert get(env, pid).state is S.RUNNING
 
 
 def test_recycling_and_a_stopped_exit_read_right(env: Env) -> None:
@@ -569,10 +596,13 @@ def _resp(status: int, body: Any) -> httpx.Response:
     (404, {"error": "unauthorized", "msg": "Invalid user key"}, AuthError),  # search's 404
     (403, {"success": False, "error": "invalid_args",
            "msg": "error 403/3586: Offer 1 is not your own."}, InvalidRequest),
-    (404, "Not Found", InvalidRequest),  # not a Vast body: never read as "gone"
-    (404, None, InvalidRequest),
+    (404, {"success": False, "error": "not_found", "msg": "Instance not found"},
+     ProviderNotFound),  # Vast's own not-found: the only 404 that means "gone"
+    # Not a Vast body: left to the seam, which reads it as an unknown outcome, never gone.
+    (404, "Not Found", None),
+    (404, None, None),
     (400, {"msg": "ssh key not_found in this account"}, None),  # bare words are not codes
-    (404, {"detail": "Not Found"}, None),  # a Vast-ish JSON 404: the seam says not found
+    (404, {"detail": "Not Found"}, None),
     (400, {"detail": "something new"}, None),
     (500, {"success": False, "error": "invalid_args"}, None),  # 5xx stays temporary
     (503, "Service Unavailable", None),
@@ -621,7 +651,17 @@ def test_every_offer_gone_is_insufficient_capacity(env: Env) -> None:
 def test_an_unknown_offer_id_is_insufficient_capacity(env: Env) -> None:
     with pytest.raises(InsufficientCapacity) as caught:
         launch(env, options={"offer_id": 1234})
-    assert caught.value.status_code == 404 and caught.value.code == "no_such_ask"
+    assert caught.value.code == "no_offer"
+    assert env.count("PUT", "/api/v0/asks/") == 0
+
+
+def test_an_offer_taken_between_search_and_accept_is_no_such_ask(env: Env) -> None:
+    env.adapter.instance_types()  # the emulator learns its asks
+    with httpx.Client(base_url=env.server.url,
+                      headers={"Authorization": f"Bearer {KEY}"}) as raw:
+        gone = raw.put("/api/v0/asks/1234/", json={"image": "x"})
+    error = map_vast_error(httpx.Response(gone.status_code, content=gone.content), "vastai")
+    assert isinstance(error, InsufficientCapacity) and error.code == "no_such_ask"
 
 
 def test_no_credit_is_insufficient_credit(env: Env) -> None:
@@ -649,16 +689,6 @@ def test_a_stop_vast_refuses_on_a_200_is_invalid_request(env: Env) -> None:
     assert caught.value.status_code == 200
 
 
-def test_wrong_key_is_auth_error(env: Env) -> None:
-    with VastAdapter("wrong-key-31f4", base_url=env.server.url, rate_limits={},
-                     clock=env.clock) as bad:
-        with pytest.raises(AuthError) as caught:
-            bad.list_instances()
-        with pytest.raises(AuthError):
-            bad.get("31000001")  # never None: a refused read confirms nothing
-    assert caught.value.code == "auth_error"
-
-
 @pytest.mark.parametrize("style", ["null", "404"])
 def test_a_missing_instance_reads_none(env: Env, style: str) -> None:
     env.dialect.missing_show = style
@@ -667,20 +697,6 @@ def test_a_missing_instance_reads_none(env: Env, style: str) -> None:
     env.adapter.terminate(pid)
     env.cloud.settle(3600)
     assert env.adapter.get(pid) is None
-
-
-def test_a_bare_404_never_confirms_absence(env: Env) -> None:
-    pid = launch(env)
-
-    def proxy_404(request: EmulatorRequest, response: EmulatorResponse) -> None:
-        if request.method == "GET":
-            response.status, response.body = 404, "Not Found"
-
-    env.hook(proxy_404)
-    with pytest.raises(InvalidRequest):
-        env.adapter.get(pid)
-    with pytest.raises(ProviderError):
-        env.adapter.list_instances()
 
 
 def test_commands_on_a_missing_instance(env: Env) -> None:
@@ -730,61 +746,11 @@ def test_429_without_retry_after_is_retried(env: Env, style: str) -> None:
     assert env.clock.monotonic() - started <= 0.5 + 1.0  # jittered backoff, no header
 
 
-def test_429_with_retry_after_is_honoured(env: Env) -> None:
-    env.server.inject(HttpFault("429", times=2, retry_after=2.5, path_contains="/instances"))
-    started = env.clock.monotonic()
-    env.adapter.list_instances()
-    assert env.clock.monotonic() - started == pytest.approx(5.0)
-
-
-def test_429_on_launch_is_retried_because_nothing_was_created(env: Env) -> None:
-    env.server.inject(HttpFault("429", method="PUT", path_contains="/asks/"))
-    pid = launch(env)
-    assert env.count("PUT", "/api/v0/asks/") == 2
-    assert len(env.cloud.live_instances()) == 1 and get(env, pid)
-
-
-def test_5xx_on_get_is_retried(env: Env) -> None:
-    pid = launch(env)
-    env.server.inject(HttpFault("5xx", times=2, status=502, method="GET"))
-    assert get(env, pid).provider_instance_id == pid
-    assert env.count("GET", f"/api/v0/instances/{pid}/") == 3
-
-
 def test_sim_timeout_on_get_is_retried(env: Env) -> None:
     pid = launch(env)
     env.cloud.fail_next("get", "timeout")  # the emulator answers 504
     assert get(env, pid)
     assert env.count("GET", f"/api/v0/instances/{pid}/") == 2
-
-
-def test_5xx_on_launch_is_not_retried(env: Env) -> None:
-    env.server.inject(HttpFault("5xx", method="PUT", path_contains="/asks/"))
-    with pytest.raises(ProviderUnavailable):
-        launch(env)
-    assert env.count("PUT", "/api/v0/asks/") == 1
-
-
-@pytest.mark.parametrize("after_work", [False, True])
-def test_a_dropped_launch_is_not_retried_blindly(env: Env, after_work: bool) -> None:
-    env.server.inject(HttpFault("drop", method="PUT", path_contains="/asks/",
-                                after_work=after_work))
-    with pytest.raises(TemporaryProviderError) as caught:
-        launch(env, token="drop")
-    assert not caught.value.not_sent
-    assert env.count("PUT", "/api/v0/asks/") == 1
-    tags = [i.tag for i in env.adapter.list_instances()]
-    # It may exist, and then it carries our tag for the reconciler to adopt.
-    assert tags == ([ownership_tag("drop")] if after_work else [])
-
-
-def test_a_launch_timing_out_after_the_work_leaves_a_findable_instance(env: Env) -> None:
-    env.cloud.fail_next("launch", "timeout", after_work=True)
-    with pytest.raises(TemporaryProviderError):
-        launch(env, token="late")
-    assert env.count("PUT", "/api/v0/asks/") == 1
-    [inst] = env.adapter.list_instances()
-    assert inst.tag == ownership_tag("late")
 
 
 def test_a_sim_rate_limit_is_retried(env: Env) -> None:
@@ -813,39 +779,12 @@ def test_list_follows_every_page(env: Env) -> None:
     assert all(q.param("limit") == "25" for q, _ in env.exchanges)
 
 
-def test_a_failed_page_fails_the_whole_listing(env: Env) -> None:
-    _fill(env, 30)
-
-    def page_two_down(request: EmulatorRequest, response: EmulatorResponse) -> None:
-        if request.path == "/api/v1/instances" and request.param("after_token"):
-            response.status, response.body = 503, "Service Unavailable"
-
-    env.hook(page_two_down)
-    with pytest.raises(ProviderUnavailable):
-        env.adapter.list_instances()
-    assert env.count("GET", "/api/v1/instances") == 1 + 4  # page two tried 4 times
-
-
 def test_a_repeating_cursor_is_refused(env: Env) -> None:
     def stuck(request: EmulatorRequest, response: EmulatorResponse) -> None:
         if request.path == "/api/v1/instances" and isinstance(response.body, dict):
             response.body["next_token"] = "eyJ2YWx1ZXMiOiB7ImlkIjogMH19"  # {"values":{"id":0}}
 
     env.hook(stuck)
-    with pytest.raises(ProviderUnavailable):
-        env.adapter.list_instances()
-
-
-def test_an_empty_outage_is_passed_through(env: Env) -> None:
-    """The lie ("nothing is running") is the reconciler's to detect, not the adapter's."""
-    launch(env)
-    env.cloud.outage(1, mode="empty")
-    assert env.adapter.list_instances() == []
-    assert len(env.adapter.list_instances()) == 1
-
-
-def test_a_listing_outage_raises(env: Env) -> None:
-    env.cloud.outage(10, mode="error")
     with pytest.raises(ProviderUnavailable):
         env.adapter.list_instances()
 
@@ -877,8 +816,8 @@ def test_the_legacy_listing_is_served(env: Env) -> None:
     ({"options": {"target_state": "frozen"}}, "options.target_state"),
     ({"options": {"max_offer_attempts": 0}}, "options.max_offer_attempts"),
     ({"options": {"interruptible": "yes"}}, "options.interruptible"),
-    ({"options": {"interruptible": True, "offer_id": 9000000}}, "options.price"),
     ({"options": {"price": 0.5}, "max_price_per_hour": 0.4}, "options.price"),
+    ({"ssh_key_names": ("laptop",)}, "ssh_key_names"),  # Vast uses the account's keys
 ])
 def test_spec_errors_name_the_field(env: Env, kw: dict[str, Any], field: str) -> None:
     with pytest.raises(ValidationError) as caught:
@@ -906,24 +845,13 @@ def test_instance_ids_must_be_integers(env: Env) -> None:
 # ---- secrets, registry, configuration -----------------------------------------------------
 
 
-def test_the_key_never_shows(env: Env, caplog: pytest.LogCaptureFixture) -> None:
+def test_a_key_echoed_in_a_refusal_is_masked(env: Env,
+                                             caplog: pytest.LogCaptureFixture) -> None:
+    """Vast-only shapes: a refusal on a 200 (``success: false``) and on a 400, each
+    echoing the key in ``msg`` (the contract suite covers the other error paths)."""
     caplog.set_level(logging.DEBUG)
-    for name in ("httpx", "httpcore", "gpufsm"):
-        caplog.set_level(logging.DEBUG, logger=name)
     pid = launch(env)
-    env.server.inject(HttpFault("429", method="GET"))
-    env.adapter.list_instances()
-    env.adapter.terminate(pid)
-    texts = [repr(env.adapter)]
-    with VastAdapter(KEY, base_url=env.server.url + "/nowhere", rate_limits={},
-                     clock=env.clock) as lost:
-        with pytest.raises(ProviderError) as caught:
-            lost.get(pid)
-        texts += [str(caught.value), repr(caught.value), repr(lost)]
-    env.cloud.credit_ok = False
-    with pytest.raises(InsufficientCredit) as credit:
-        launch(env)
-    texts += [str(credit.value)]
+    texts: list[str] = []
 
     def echo_the_key(request: EmulatorRequest, response: EmulatorResponse) -> None:
         if request.method == "PUT" and "/instances/" in request.path:
@@ -943,19 +871,6 @@ def test_the_key_never_shows(env: Env, caplog: pytest.LogCaptureFixture) -> None
     assert all(KEY not in t for t in texts)
 
 
-def test_a_missing_key_names_the_variable(monkeypatch: pytest.MonkeyPatch,
-                                          tmp_path: Path) -> None:
-    monkeypatch.delenv("VAST_API_KEY", raising=False)
-    monkeypatch.delenv("GPUFSM_VAST_API_KEY", raising=False)
-    monkeypatch.chdir(tmp_path)  # no .env here
-    with pytest.raises(ValidationError) as caught:
-        VastAdapter()
-    assert caught.value.field == "VAST_API_KEY"
-    monkeypatch.setenv("VAST_API_KEY", "from-env")
-    with VastAdapter() as adapter:
-        assert "from-env" not in repr(adapter)
-
-
 def test_integer_sim_ids_are_kept_as_vast_ids() -> None:
     cloud = SimulatedCloud("vastai", clock=FakeClock(), instance_types=TYPES, id_prefix="")
     dialect = VastDialect(cloud)
@@ -964,16 +879,6 @@ def test_integer_sim_ids_are_kept_as_vast_ids() -> None:
     assert dialect.sim_id(dialect.provider_id(pid)) == pid
     with pytest.raises(KeyError):
         dialect.sim_id("123")
-
-
-def test_registered_as_vastai(env: Env) -> None:
-    assert adapter_class("vastai") is VastAdapter
-    assert isinstance(env.adapter, ProviderAdapter)
-    assert env.adapter.name == "vastai"
-    caps = env.adapter.capabilities
-    assert (caps.stop, caps.restart, caps.tags) == (True, True, False)
-    assert isinstance(make_dialect("vastai", env.cloud), VastDialect)
-    assert VAST_RATE_LIMITS["default"].rate == 2.0
 
 
 @pytest.mark.parametrize(("ports", "expected"), [

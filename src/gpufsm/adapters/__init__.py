@@ -1,5 +1,11 @@
 """Provider adapters: the ProviderAdapter protocol and one module per provider.
 
+The four real adapters are exported here, where a user looks first::
+
+    from gpufsm.adapters import LambdaCloudAdapter
+
+    adapter = LambdaCloudAdapter()  # LAMBDA_API_KEY and GPUFSM_LAMBDA_BASE_URL, as the CLI
+
 Adapters import the lifecycle's types and nothing above them; the store is a sibling
 they never see (import-linter enforces both).
 """
@@ -24,6 +30,10 @@ from gpufsm.adapters._protocol import (
     tag_from_name,
 )
 from gpufsm.adapters._registry import ADAPTERS, adapter_class
+from gpufsm.adapters.lambda_cloud import LambdaCloudAdapter
+from gpufsm.adapters.novita import NovitaAdapter
+from gpufsm.adapters.runpod import RunPodAdapter
+from gpufsm.adapters.vastai import VastAdapter
 
 __all__ = [
     "ADAPTERS",
@@ -31,14 +41,18 @@ __all__ = [
     "CircuitBreaker",
     "HttpSeam",
     "InstanceTypeOffer",
+    "LambdaCloudAdapter",
     "LaunchRequest",
+    "NovitaAdapter",
     "Observation",
     "ObservationKind",
     "ProviderAdapter",
     "ProviderInstance",
     "RateLimit",
     "RetryPolicy",
+    "RunPodAdapter",
     "TokenBucket",
+    "VastAdapter",
     "adapter_class",
     "ownership_tag",
     "parse_retry_after",

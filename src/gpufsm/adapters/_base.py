@@ -7,23 +7,33 @@ request bodies, validation, pagination. The account part is written once, here; 
 dialect decision stays in the provider's own module, where its reasons are written down.
 
 * :class:`AdapterProfile` is the handful of per-provider facts the account part needs
-  (registry name, production URL, the key's variable, capabilities, the error mapper,
-  default rate limits and retry policy). Each adapter declares one at the top of its
-  class, so every default of a provider can be read in one place.
+  (registry name, production URL and the setting that overrides it, the key's variable,
+  capabilities, the error mapper, default rate limits and retry policy). Each adapter
+  declares one at the top of its class, so every default of a provider can be read in
+  one place.
 * :class:`HttpAdapter` is the base of the four adapters: the shared constructor
   (``api_key`` first, then ``base_url``, ``transport``, ``client``, ``timeout``,
-  ``rate_limits``, ``retry``, ``clock``, as ``gpufsm.adapters.ADAPTERS`` promises),
-  ``close`` and the context manager, ``name``, ``capabilities``, ``seam``, and ``_parse``
-  (a 2xx body we cannot read is an unknown outcome, never an empty answer). A subclass
+  ``rate_limits``, ``retry``, ``clock``, ``settings``, as ``gpufsm.adapters.ADAPTERS``
+  promises), ``close`` and the context manager, ``name``, ``capabilities``, ``seam``,
+  ``_parse`` (a 2xx body we cannot read is an unknown outcome, never an empty answer) and
+  ``_before_launch`` (a read that fails before the launch is sent says so). A subclass
   adds the protocol's operations, which is where the provider's dialect lives.
-* Small functions the dialects call: :func:`resolve_api_key` and :func:`scrub` (our key
-  out of provider text, which every error mapper applies before it cuts text short, so
-  no part of a key can survive at a cut).
+* Small functions the dialects call: :func:`resolve_api_key`, :func:`resolve_base_url`
+  and :func:`scrub` (our key out of provider text, which every error mapper applies
+  before it cuts text short, so no part of a key can survive at a cut).
+
+**Where an adapter sends its key** is decided once, here, for the library and the CLI
+alike: the argument, else the configured setting (``GPUFSM_<P>_BASE_URL``, from the
+environment or ``.env``), else production. An embedder who points the CLI at an emulator
+with that variable gets the same URL from ``LambdaCloudAdapter()`` in Python, so a test
+key never goes to production by surprise (issue 9).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import random
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import ClassVar, Protocol, Self, TypedDict, TypeVar
 
@@ -32,9 +42,14 @@ import pydantic
 from pydantic import AliasChoices, BaseModel, SecretStr
 
 from gpufsm.adapters._http import HttpSeam, RateLimit, RetryPolicy
-from gpufsm.clock import Clock
+from gpufsm.clock import Clock, SystemClock
 from gpufsm.config import Settings
-from gpufsm.errors import ProviderError, ProviderUnavailable, ValidationError
+from gpufsm.errors import (
+    ProviderError,
+    ProviderUnavailable,
+    TemporaryProviderError,
+    ValidationError,
+)
 from gpufsm.machines import Capabilities
 
 __all__ = [
@@ -44,6 +59,7 @@ __all__ = [
     "HttpAdapterOptions",
     "KeyedErrorMapper",
     "resolve_api_key",
+    "resolve_base_url",
     "scrub",
 ]
 
@@ -68,6 +84,9 @@ class AdapterProfile:
     name: str  # registry key, stored on every row: "lambda", "vastai" …
     base_url: str  # production; ``base_url=`` points an adapter at an emulator or a proxy
     api_key_env: str  # the variable a missing key's error names, e.g. "LAMBDA_API_KEY"
+    #: The ``gpufsm.config.Settings`` field that overrides ``base_url`` (read from
+    #: ``GPUFSM_<FIELD>``); checked against Settings at import.
+    base_url_setting: str
     capabilities: Capabilities
     error_mapper: KeyedErrorMapper
     rate_limits: Mapping[str, RateLimit]  # used when the caller passes none
@@ -82,6 +101,14 @@ class AdapterProfile:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "api_key_setting", _setting_for(self.api_key_env))
+        if self.base_url_setting not in Settings.model_fields:
+            raise ValueError(f"gpufsm.config.Settings has no field {self.base_url_setting!r}")
+
+    @property
+    def base_url_env(self) -> str:
+        """The variable that sets the base URL, e.g. ``GPUFSM_LAMBDA_BASE_URL``."""
+        prefix = Settings.model_config.get("env_prefix") or ""
+        return f"{prefix}{self.base_url_setting}".upper()
 
 
 class HttpAdapterOptions(TypedDict, total=False):
@@ -94,14 +121,18 @@ class HttpAdapterOptions(TypedDict, total=False):
     rate_limits: Mapping[str, RateLimit] | None
     retry: RetryPolicy | None
     clock: Clock | None
+    settings: Settings | None
+    rng: random.Random | None
 
 
 class HttpAdapter:
     """One provider account over HTTP: key, seam, lifecycle. The dialect is the subclass's.
 
-    ``base_url`` None means the provider's production URL (``profile.base_url``). The
-    key lives in the seam's headers and as a ``SecretStr`` here, so neither ``repr`` nor
-    ``vars`` of an adapter can show it.
+    ``api_key`` and ``base_url`` None mean "as configured": read from ``settings`` (a
+    fresh ``Settings()`` — environment and ``.env`` — when none is given), and for the
+    URL, production (``profile.base_url``) when nothing is configured. The key lives in
+    the seam's headers and as a ``SecretStr`` here, so neither ``repr`` nor ``vars`` of an
+    adapter can show it.
     """
 
     profile: ClassVar[AdapterProfile]
@@ -117,11 +148,16 @@ class HttpAdapter:
         rate_limits: Mapping[str, RateLimit] | None = None,
         retry: RetryPolicy | None = None,
         clock: Clock | None = None,
+        settings: Settings | None = None,
+        rng: random.Random | None = None,
     ) -> None:
         profile = self.profile
+        if settings is None and (api_key is None or base_url is None):
+            settings = Settings()
         self._api_key = resolve_api_key(api_key, env=profile.api_key_env,
-                                        setting=profile.api_key_setting)
-        self._base_url = (profile.base_url if base_url is None else base_url).rstrip("/")
+                                        setting=profile.api_key_setting, settings=settings)
+        self._base_url = resolve_base_url(base_url, profile, settings)
+        self._clock: Clock = clock or SystemClock()
         self._owns_client = client is None or profile.closes_given_client
         self._seam = HttpSeam(
             provider=profile.name,
@@ -133,7 +169,8 @@ class HttpAdapter:
             timeout=timeout,
             rate_limits=profile.rate_limits if rate_limits is None else rate_limits,
             retry=profile.retry if retry is None else retry,
-            clock=clock,
+            clock=self._clock,
+            rng=rng,  # retry jitter: seeded, a run replays exactly (the demo, tests)
         )
 
     def _map_error(self, response: httpx.Response, provider: str) -> ProviderError | None:
@@ -166,6 +203,21 @@ class HttpAdapter:
         """The HTTP seam, for its call count and breaker (tests, metrics)."""
         return self._seam
 
+    @contextmanager
+    def _before_launch(self) -> Iterator[None]:
+        """Reads made before the launch request is sent (a price, an offer, a product).
+
+        Their temporary failures are marked ``not_sent``: the launch itself never left,
+        so the engine may record "nothing was created" instead of an unknown outcome
+        that keeps a row CREATING and billable while it searches for a machine that
+        cannot exist.
+        """
+        try:
+            yield
+        except TemporaryProviderError as exc:
+            exc.not_sent = True
+            raise
+
     def _parse(self, response: httpx.Response, model: type[_M], op: str) -> _M:
         """A 2xx body as ``model``; one we cannot read is ProviderUnavailable, never empty.
 
@@ -193,19 +245,39 @@ def _setting_for(env: str) -> str:
     raise ValueError(f"gpufsm.config.Settings reads no variable {env!r}")
 
 
-def resolve_api_key(api_key: SecretStr | str | None, *, env: str, setting: str) -> SecretStr:
-    """The key given, else the one configured (environment or ``.env``).
+def resolve_api_key(api_key: SecretStr | str | None, *, env: str, setting: str,
+                    settings: Settings | None = None) -> SecretStr:
+    """The key given, else the one configured (``settings``, else environment or ``.env``).
 
     Missing, empty or blank is refused here, naming the variable to set: such a key could
     only come back as a 401 after the engine had committed a launch row.
     """
     if api_key is None:
-        api_key = getattr(Settings(), setting)
+        api_key = getattr(settings if settings is not None else Settings(), setting)
     if isinstance(api_key, str):
         api_key = SecretStr(api_key)
     if api_key is None or not api_key.get_secret_value().strip():
         raise ValidationError(env, "not set: export it or put it in .env")
     return api_key
+
+
+def resolve_base_url(base_url: str | None, profile: AdapterProfile,
+                     settings: Settings | None = None) -> str:
+    """The URL given, else the configured ``profile.base_url_setting``, else production.
+
+    The same order as the key (:func:`resolve_api_key`), so the key and the URL always
+    come from the same place: a key meant for an emulator is never sent to production.
+    """
+    source = "base_url"
+    if base_url is None:
+        configured = getattr(settings if settings is not None else Settings(),
+                             profile.base_url_setting)
+        source = profile.base_url_env
+        base_url = configured.strip() if configured and configured.strip() else profile.base_url
+    url = base_url.strip().rstrip("/")
+    if not url.startswith(("http://", "https://")):
+        raise ValidationError(source, "must be an http:// or https:// URL", value=url)
+    return url
 
 
 def scrub(text: str, secret: SecretStr | str | None) -> str:

@@ -9,17 +9,29 @@ Everything an adapter would otherwise get subtly wrong on its own lives here onc
 * retries with jittered exponential backoff that honour ``Retry-After`` (tenacity), but
   only when a retry cannot double an action: a non-idempotent call (launch) is retried
   only after errors that prove the request was not processed (429, refused connection);
+  a connection that cannot be made at all gets one quick retry, not the whole policy, so
+  a wrong ``base_url`` or a service that is down fails in about a second;
 * a circuit breaker per provider that opens after repeated failures and says so;
 * transport exceptions and HTTP errors translated to the gpufsm error tree in exactly
   one place (``_translate``), with the provider's own mapper consulted first.
 
-The API key is sent as a bearer header only, never in a URL (httpx logs URLs), and no
-error message is built from request headers.
+**One rule for "not found".** ``ProviderNotFound`` says *the provider confirms the object
+is absent*, which lets ``get`` answer None and ``terminate`` report success: a row may end
+on it. So only a provider's error mapper may produce it, and only after recognising that
+provider's own not-found envelope. A 404 the mapper does not recognise (an HTML page from
+a proxy, an empty body, a wrong ``base_url``) proves nothing about the instance: it is
+ProviderUnavailable, an unknown outcome, naming the URL that answered it.
+
+Errors the seam makes name the URL they tried (scheme, host, port and path: never the
+query, which is where some clients put keys). The API key is sent as a bearer header
+only, never in a URL (httpx logs URLs), and no error message is built from request
+headers.
 """
 
 from __future__ import annotations
 
 import email.utils
+import functools
 import logging
 import math
 import random
@@ -39,7 +51,6 @@ from gpufsm.errors import (
     CircuitOpen,
     InvalidRequest,
     ProviderError,
-    ProviderNotFound,
     ProviderTimeout,
     ProviderUnavailable,
     RateLimited,
@@ -47,6 +58,7 @@ from gpufsm.errors import (
 )
 
 __all__ = [
+    "CONNECT_TIMEOUT",
     "CallObserver",
     "CircuitBreaker",
     "ErrorMapper",
@@ -55,6 +67,7 @@ __all__ = [
     "RetryPolicy",
     "TokenBucket",
     "parse_retry_after",
+    "redacted_url",
 ]
 
 log = logging.getLogger("gpufsm.http")
@@ -88,6 +101,11 @@ class TokenBucket:
         self._tokens = float(limit.burst)
         self._stamp = clock.monotonic()
         self._lock = threading.Lock()
+
+    def refund(self) -> None:
+        """Give back a token taken for a request that never left this machine."""
+        with self._lock:
+            self._tokens = min(float(self._limit.burst), self._tokens + 1.0)
 
     def acquire(self) -> float:
         """Take one token, sleeping until one is free; return the seconds waited."""
@@ -165,12 +183,34 @@ class CircuitBreaker:
 
 @dataclass(frozen=True, slots=True)
 class RetryPolicy:
-    """Backoff ``initial * 2**n`` with full jitter, capped; Retry-After wins if given."""
+    """Backoff ``initial * 2**n`` with full jitter, capped; Retry-After wins if given.
+
+    A connection that cannot be made (refused, unresolvable host, connect timeout) is
+    tried at most ``connect_attempts`` times with a pause of at most ``connect_backoff``
+    seconds: nothing listening is rarely cured within a policy's minute of backoff, and a
+    user who mistyped a URL should hear so in about a second, not after fifty.
+    """
 
     attempts: int = 5
     initial: float = 0.5
     max_backoff: float = 30.0
     max_retry_after: float = 120.0
+    connect_attempts: int = 2
+    connect_backoff: float = 0.5
+
+
+#: Seconds to wait for a TCP connection (capped at the call's timeout): a connect that
+#: takes longer than this is a host that is down, and each retry would wait as long again.
+CONNECT_TIMEOUT = 10.0
+
+
+def _timeout(seconds: float) -> httpx.Timeout:
+    return httpx.Timeout(seconds, connect=min(seconds, CONNECT_TIMEOUT))
+
+
+def redacted_url(url: httpx.URL) -> str:
+    """``url`` as errors may show it: no query, fragment or user info (keys live there)."""
+    return str(url.copy_with(query=None, fragment=None, userinfo=b""))
 
 
 def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
@@ -191,6 +231,11 @@ def parse_retry_after(value: str | None, now: datetime | None = None) -> float |
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
     return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
+
+
+def _connect_failure(exc: BaseException | None) -> bool:
+    """The request never left: the connection itself could not be made."""
+    return isinstance(exc, TemporaryProviderError) and exc.not_sent
 
 
 class _SafeToRetry:
@@ -232,11 +277,11 @@ class HttpSeam:
             headers["Authorization"] = f"Bearer {api_key.get_secret_value()}"
         if client is None:
             client = httpx.Client(base_url=base_url, transport=transport,
-                                  timeout=httpx.Timeout(timeout), headers=headers)
+                                  timeout=_timeout(timeout), headers=headers)
         else:
             client.base_url = httpx.URL(base_url)
             client.headers.update(headers)
-            client.timeout = httpx.Timeout(timeout)
+            client.timeout = _timeout(timeout)
         self._client = client
         self._buckets = {op: TokenBucket(lim, self._clock)
                          for op, lim in (rate_limits or {}).items()}
@@ -262,14 +307,19 @@ class HttpSeam:
         idempotent: bool,
         json: Any = None,
         params: Mapping[str, Any] | None = None,
+        attempts: int | None = None,
     ) -> httpx.Response:
         """Send one logical request (retried as policy allows); return a 2xx response.
 
-        ``op`` names the operation for per-operation rate limits and logs. Raises the
-        gpufsm error the response maps to once retries are spent.
+        ``op`` names the operation for per-operation rate limits and logs. ``attempts``
+        lowers the policy's number of tries for a request whose answer is optional (a
+        price to show): its failures must not hold up, nor trip the breaker for, the
+        calls that matter. Raises the gpufsm error the response maps to once retries are
+        spent.
         """
+        limit = min(attempts, self._retry.attempts) if attempts else self._retry.attempts
         retrying = tenacity.Retrying(
-            stop=tenacity.stop_after_attempt(self._retry.attempts),
+            stop=functools.partial(self._stop, limit),
             wait=self._wait,
             retry=tenacity.retry_if_exception(_SafeToRetry(idempotent)),
             sleep=self._clock.sleep,
@@ -280,8 +330,16 @@ class HttpSeam:
         )
         return retrying(self._once, method, path, op, json, params)
 
+    def _stop(self, limit: int, state: tenacity.RetryCallState) -> bool:
+        if state.attempt_number >= limit:
+            return True
+        exc = state.outcome.exception() if state.outcome else None
+        return _connect_failure(exc) and state.attempt_number >= self._retry.connect_attempts
+
     def _wait(self, state: tenacity.RetryCallState) -> float:
         exc = state.outcome.exception() if state.outcome else None
+        if _connect_failure(exc):
+            return self._rng.uniform(0, self._retry.connect_backoff)
         retry_after = getattr(exc, "retry_after", None)
         if retry_after is not None:
             return float(min(retry_after, self._retry.max_retry_after))
@@ -291,16 +349,22 @@ class HttpSeam:
     def _once(self, method: str, path: str, op: str, json: Any,
               params: Mapping[str, Any] | None) -> httpx.Response:
         self.breaker.before_call()
-        for key in ("default", op):
-            bucket = self._buckets.get(key)
-            if bucket is not None:
-                bucket.acquire()
+        taken = [b for b in (self._buckets.get("default"), self._buckets.get(op))
+                 if b is not None]
+        for bucket in taken:
+            bucket.acquire()
         with self._count_lock:
             self.calls += 1
+        request = self._client.build_request(method, path, json=json, params=params)
         try:
-            response = self._client.request(method, path, json=json, params=params)
+            response = self._client.send(request)
         except httpx.HTTPError as exc:
-            error = self._translate_transport(exc, op)
+            error = self._translate_transport(exc, op, request)
+            if isinstance(error, TemporaryProviderError) and error.not_sent:
+                # The provider never saw it: its rate limit was not spent (Lambda allows
+                # one launch per 12 s, and the quick retry must not wait for a token).
+                for bucket in taken:
+                    bucket.refund()
             self.breaker.record_failure()
             self._observe(op, type(error).__name__)
             raise error from exc
@@ -323,16 +387,20 @@ class HttpSeam:
             except Exception:  # metrics must never break a provider call
                 log.exception("call observer failed")
 
-    def _translate_transport(self, exc: httpx.HTTPError, op: str) -> ProviderError:
+    def _translate_transport(self, exc: httpx.HTTPError, op: str,
+                             request: httpx.Request) -> ProviderError:
+        url = redacted_url(request.url)
+        name = type(exc).__name__
         if isinstance(exc, httpx.ConnectTimeout | httpx.ConnectError):
             error = ProviderUnavailable(
-                f"{op}: cannot connect ({type(exc).__name__})", provider=self.provider)
+                f"{op}: cannot connect to {url} ({name}): is the base_url right and the "
+                "service up?", provider=self.provider)
             error.not_sent = True
             return error
         if isinstance(exc, httpx.TimeoutException):
-            return ProviderTimeout(f"{op}: no answer in time ({type(exc).__name__})",
+            return ProviderTimeout(f"{op}: no answer in time from {url} ({name})",
                                    provider=self.provider)
-        return ProviderUnavailable(f"{op}: connection failed ({type(exc).__name__})",
+        return ProviderUnavailable(f"{op}: connection to {url} failed ({name})",
                                    provider=self.provider)
 
     def _translate(self, response: httpx.Response) -> ProviderError:
@@ -355,15 +423,23 @@ class HttpSeam:
 
 
 def _by_status(response: httpx.Response, provider: str) -> ProviderError:
+    """An error from the HTTP status alone: the provider's mapper did not recognise it.
+
+    Never ProviderNotFound: a 404 without the provider's own not-found envelope is not
+    the provider confirming anything (see the module docstring).
+    """
     status = response.status_code
-    text = response.reason_phrase or f"HTTP {status}"
+    text = f"{status} {response.reason_phrase}" if response.reason_phrase else f"HTTP {status}"
+    where = f"{response.request.method} {redacted_url(response.request.url)}"
     kw: dict[str, Any] = {"provider": provider, "status_code": status}
     if status == 429:
-        return RateLimited(f"rate limited: {text}", **kw)
+        return RateLimited(f"rate limited: {text} from {where}", **kw)
     if status >= 500:
-        return ProviderUnavailable(f"server error: {text}", **kw)
+        return ProviderUnavailable(f"server error: {text} from {where}", **kw)
     if status in (401, 403):
-        return AuthError(f"not authorised: {text}", **kw)
+        return AuthError(f"not authorised: {text} from {where}", **kw)
     if status == 404:
-        return ProviderNotFound(f"not found: {text}", **kw)
-    return InvalidRequest(f"rejected: {text}", **kw)
+        return ProviderUnavailable(
+            f"404 without {provider}'s error body: wrong base_url or a proxy in the way "
+            f"({where}); the outcome is unknown", **kw)
+    return InvalidRequest(f"rejected: {text} from {where}", **kw)

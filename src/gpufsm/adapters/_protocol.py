@@ -5,19 +5,29 @@ The contract, which the engine and the reconciler rely on:
 * **Eventually consistent.** A listing may lag a command by seconds: a just-stopped
   instance may still read ``running``. Callers never treat one reading as final.
 * **Terminate is idempotent.** Terminating an instance the provider does not know is a
-  success (not-found = done), so a retry after a timeout is always safe.
+  success (not-found = done), so a retry after a timeout is always safe. "Not found"
+  means the provider's own not-found envelope (``ProviderNotFound``, which only a
+  provider's error mapper may produce): a bare 404 from a proxy or a wrong base URL is
+  an unknown outcome, never "done" (see ``gpufsm.adapters._http``).
 * **Observations are three-valued.** For one of our instances a caller learns PRESENT
   (with the raw status), ABSENT, or UNKNOWN. ``list_instances`` returns a *complete*
   listing or raises; it never returns a partial or empty list on failure, because "the
   listing was empty" would read as "everything is gone" and we would stop watching
-  machines that still bill. ``get`` returns None only when the provider says not-found.
+  machines that still bill. ``get`` returns None only when the provider says not-found
+  in its own words. Right after a launch, that may still be read lag: absence inside a
+  visibility window proves nothing, which the engine, not the adapter, decides.
 * **Unknown raw statuses are not errors.** They map to ``state=None`` (UNKNOWN), are
   logged with the raw value, and change nothing.
 * **Ownership.** ``launch`` marks the instance with ``request.tag`` (a provider tag where
   one exists, else the name) so a crash between the launch and our commit is healed by
   finding the tag. ``ProviderInstance.tag`` gives the tag back when it is ours.
 * **Timeouts and errors** are the tree in ``gpufsm.errors``: temporary errors may have
-  been applied; permanent ones certainly were not.
+  been applied; permanent ones certainly were not. A temporary error marked
+  ``not_sent`` (a refused connection, a read before the launch that failed) means the
+  request itself never left.
+* **Every spec field is honoured or refused.** ``validate`` refuses, naming the field,
+  what the provider cannot do; everything else reaches the provider's request (or is
+  checked against the provider's own data, like a price cap) — nothing is dropped.
 """
 
 from __future__ import annotations

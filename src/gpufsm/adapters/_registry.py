@@ -9,7 +9,9 @@ __all__ = ["ADAPTERS", "adapter_class"]
 
 #: provider name → "module:Class". Every class takes ``api_key`` first and the keyword
 #: arguments ``base_url``, ``transport``, ``client``, ``timeout``, ``rate_limits``,
-#: ``retry`` and ``clock``, so the CLI, the demo and the contract suite build them alike.
+#: ``retry``, ``clock`` and ``settings``, so the CLI, the demo and the contract suite
+#: build them alike; a key or URL not given is read from ``settings`` (or the
+#: environment), the same way for all of them.
 ADAPTERS: dict[str, str] = {
     "lambda": "gpufsm.adapters.lambda_cloud:LambdaCloudAdapter",
     "novita": "gpufsm.adapters.novita:NovitaAdapter",

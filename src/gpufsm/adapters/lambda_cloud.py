@@ -13,6 +13,11 @@ Lambda facts that shape it (see tests/fixtures/provider-api/lambda/NOTES.md):
   "suggestion"?}}``; we branch on ``code`` only, as the spec asks.
 * 429 has no documented body or code, so rate limiting is keyed on the HTTP status alone.
 * ``/instances`` does not paginate: one GET is the complete listing.
+* Not-found is the code ``global/object-does-not-exist`` and nothing else: a 404 without
+  it is the seam's "unknown outcome" (see ``gpufsm.adapters._http``).
+* The launch request has no price cap, so ``max_price_per_hour`` is honoured here: the
+  type's price is read from ``/instance-types`` (cached for ``LAMBDA_PRICE_CACHE_SECONDS``) and
+  a launch above the cap is refused before anything is sent.
 """
 
 from __future__ import annotations
@@ -54,6 +59,7 @@ from gpufsm.specs import InstanceSpec
 __all__ = [
     "LAMBDA_ERRORS",
     "LAMBDA_ERROR_PREFIXES",
+    "LAMBDA_PRICE_CACHE_SECONDS",
     "LAMBDA_RATE_LIMITS",
     "LAMBDA_REGIONS",
     "LAMBDA_RETRY",
@@ -159,6 +165,10 @@ LAMBDA_RETRY = RetryPolicy(attempts=5, initial=1.0, max_backoff=30.0)
 
 #: Our ownership tag lives under this key; the value is the tag without ``gpufsm-``.
 LAMBDA_TAG_KEY = "gpufsm"
+
+#: How long the prices read for a ``max_price_per_hour`` check are reused: prices change
+#: rarely, and a batch of launches should not cost one extra request each.
+LAMBDA_PRICE_CACHE_SECONDS = 300.0
 
 _NAME_MAX = 64
 _HOSTNAME_RE = re.compile(r"^[a-z0-9][0-9a-z-]{0,62}$")
@@ -358,6 +368,7 @@ class LambdaCloudAdapter(HttpAdapter):
 
     profile = AdapterProfile(
         name=PROVIDER, base_url=DEFAULT_BASE_URL, api_key_env=API_KEY_ENV,
+        base_url_setting="lambda_base_url",
         capabilities=Capabilities(stop=False, restart=True, tags=True),
         error_mapper=map_lambda_error, rate_limits=LAMBDA_RATE_LIMITS, retry=LAMBDA_RETRY,
         # A client passed in is handed over for good: close() closes it too, which is
@@ -366,8 +377,17 @@ class LambdaCloudAdapter(HttpAdapter):
 
     # ---- validation ----------------------------------------------------------------
 
+    #: (when read, type name → $/h) of the last ``/instance-types`` answer.
+    _prices: tuple[float, dict[str, float]] | None = None
+
     def validate(self, spec: InstanceSpec) -> None:
-        """Lambda's launch rules, checked before anything is written or sent."""
+        """Lambda's launch rules, checked before anything is written or sent.
+
+        Every spec field is either sent (instance_type, region, name, ssh_key_names,
+        command as user data, options), checked against Lambda's own data
+        (max_price_per_hour at launch, gpu_count against the type) or refused here
+        (image, disk_gb, env, ports): none is silently dropped.
+        """
         if len(spec.ssh_key_names) != 1:
             raise ValidationError("ssh_key_names", "Lambda needs exactly one SSH key name",
                                   value=list(spec.ssh_key_names))
@@ -379,6 +399,9 @@ class LambdaCloudAdapter(HttpAdapter):
         if not spec.instance_type:
             raise ValidationError("instance_type", "required")
         gpus = _GPU_COUNT_RE.match(spec.instance_type)
+        if spec.gpu_count is not None and gpus is None:
+            raise ValidationError("gpu_count", "fixed by the Lambda instance type; leave "
+                                  "unset", value=spec.gpu_count)
         if spec.gpu_count is not None and gpus and int(gpus.group(1)) != spec.gpu_count:
             raise ValidationError("gpu_count", f"{spec.instance_type} has {gpus.group(1)} "
                                   "GPU(s); the count is fixed by the type",
@@ -410,6 +433,9 @@ class LambdaCloudAdapter(HttpAdapter):
         """
         self.validate(request.spec)
         body = self.launch_body(request)
+        if request.spec.max_price_per_hour is not None:
+            with self._before_launch():
+                self._check_price(request.spec.instance_type, request.spec.max_price_per_hour)
         response = self._seam.request("POST", f"{API_PREFIX}/instance-operations/launch",
                                       op="launch", idempotent=False, json=body)
         ids = self._parse(response, LambdaLaunchEnvelope, "launch").data.instance_ids
@@ -421,6 +447,28 @@ class LambdaCloudAdapter(HttpAdapter):
             log.error("%s: one launch created %d instances %s; tracking the first, the "
                       "others carry tag %s", PROVIDER, len(ids), ids, request.tag)
         return ids[0]
+
+    def _check_price(self, instance_type: str, limit: float) -> None:
+        """Refuse (nothing sent) a type whose price is above ``limit`` or unknown."""
+        price = self.type_prices().get(instance_type)
+        if price is None:
+            raise InvalidRequest(f"{instance_type} is not among Lambda's instance types, so "
+                                 "max_price_per_hour cannot be checked", provider=PROVIDER,
+                                 code="unknown-instance-type")
+        if price > limit:
+            raise InsufficientCapacity(
+                f"{instance_type} costs {_usd(price)}/h, above max_price_per_hour "
+                f"{_usd(limit)}/h", provider=PROVIDER, code="above-max-price")
+
+    def type_prices(self) -> Mapping[str, float]:
+        """Type name → $/h from ``/instance-types``, read at most every
+        ``LAMBDA_PRICE_CACHE_SECONDS`` per adapter."""
+        now = self._clock.monotonic()
+        if self._prices is not None and now - self._prices[0] < LAMBDA_PRICE_CACHE_SECONDS:
+            return self._prices[1]
+        self.instance_types()  # refreshes the cache
+        assert self._prices is not None
+        return self._prices[1]
 
     def launch_body(self, request: LaunchRequest) -> dict[str, Any]:
         """The ``InstanceLaunchRequest`` for ``request`` (no ``quantity``: 1.8.3 has none)."""
@@ -455,8 +503,7 @@ class LambdaCloudAdapter(HttpAdapter):
         try:
             response = self._seam.request("GET", self._instance_path(provider_instance_id),
                                           op="get", idempotent=True)
-        except ProviderNotFound as exc:
-            _require_confirmed(exc)
+        except ProviderNotFound:  # global/object-does-not-exist, and only that
             return None
         return to_provider_instance(self._parse(response, LambdaInstanceEnvelope, "get").data)
 
@@ -488,8 +535,8 @@ class LambdaCloudAdapter(HttpAdapter):
             self._seam.request("POST", f"{API_PREFIX}/instance-operations/terminate",
                                op="terminate", idempotent=True,
                                json={"instance_ids": [provider_instance_id]})
-        except ProviderNotFound as exc:
-            _require_confirmed(exc)
+        except ProviderNotFound:
+            return
 
     def rename(self, provider_instance_id: str, name: str) -> ProviderInstance:
         """Set the instance's name. Ownership survives: it is read from tags first."""
@@ -519,6 +566,7 @@ class LambdaCloudAdapter(HttpAdapter):
                 description=itype.description,
                 extra=itype.specs.model_dump() if itype.specs else {},
             ))
+        self._prices = (self._clock.monotonic(), {o.name: o.price_per_hour for o in offers})
         return offers
 
     @staticmethod
@@ -529,14 +577,9 @@ class LambdaCloudAdapter(HttpAdapter):
 # ---- helpers ---------------------------------------------------------------------------
 
 
-def _require_confirmed(exc: ProviderNotFound) -> None:
-    """A 404 is "gone" only with Lambda's own code; a bare one (a proxy, a wrong base
-    URL) proves nothing, and reading it as absence would stop us watching a billing VM."""
-    if exc.code != "global/object-does-not-exist":
-        raise ProviderUnavailable(
-            "HTTP 404 without Lambda's error envelope: wrong base_url or a proxy in the way",
-            provider=PROVIDER, status_code=exc.status_code, request_id=exc.request_id,
-        ) from exc
+def _usd(amount: float) -> str:
+    """``$0.75``; more digits only where two would hide a difference."""
+    return f"${amount:.2f}" if round(amount, 2) == amount else f"${amount:.4f}"
 
 
 def _launch_name(tag: str, user_name: str | None) -> str:

@@ -14,11 +14,20 @@ Decisions the notes leave open, made here once:
   whatever ``status`` says, unless Novita is already removing it.
 * A spot instance whose ``spotStatus`` is ``reclaiming`` or ``terminated`` has been
   preempted: FAILED (still billable, so policy terminates it and relaunches elsewhere).
-* Not-found is a **400** with reason ``RESOURCE_NOT_FOUND``. A bare 404 without a Novita
-  reason means the *endpoint* is wrong (a bad ``base_url``), so it is InvalidRequest and
-  never "the instance is gone": terminate must not report success against a wrong URL.
+* Not-found is a **400** with reason ``RESOURCE_NOT_FOUND``. A 404 without a Novita
+  reason is a path that does not exist here (a bad ``base_url``, a proxy): the seam makes
+  it an unknown outcome, never "the instance is gone", so terminate cannot report success
+  against a wrong URL.
 * Product prices are integers in **1/100000 USD per GPU-hour** (``PRICE_UNIT_USD``). The
   docs do not state the unit; this is an assumption, kept in one constant.
+* Instance payloads carry **no price**. An instance's $/h is derived from the product it
+  was created from (``productId``, else its ``productName`` in its cluster): the product's
+  per-GPU price times ``gpuNum`` (the spot price for spot billing; none for monthly billing,
+  which is not charged by the hour). Products are read at most every
+  ``PRODUCT_CACHE_SECONDS``; a product listing that fails leaves the price unknown, never
+  the instance.
+* A product is **per GPU**: ``instance_types`` reports ``gpus=1`` with the per-GPU price,
+  and ``gpu_count`` (1..8) multiplies it at launch.
 """
 
 from __future__ import annotations
@@ -75,6 +84,7 @@ __all__ = [
     "NOVITA_ERRORS",
     "NOVITA_STATUSES",
     "PRICE_UNIT_USD",
+    "PRODUCT_CACHE_SECONDS",
     "NovitaAdapter",
     "NovitaOptions",
     "cheapest_offer",
@@ -91,6 +101,10 @@ API_PREFIX = "/gpu-instance/openapi/v1"
 #: Dollars per unit of a product ``price``/``spotPrice``. ASSUMPTION: the docs give the
 #: field as an integer with no unit; Novita's integer amounts are taken as 1/100000 USD.
 PRICE_UNIT_USD = 1e-5
+
+#: How long a products listing is reused to price instances (prices change rarely; a
+#: reconcile pass must not cost an extra request per instance).
+PRODUCT_CACHE_SECONDS = 300.0
 
 #: Root disk when the spec gives none: Novita's free container-disk quota (pricing guide),
 #: raised to the product's ``minRootFS`` when that is larger.
@@ -231,12 +245,8 @@ def map_novita_error(response: httpx.Response, provider: str, *,
         if reason:
             log.warning("novita: unknown error reason %r (HTTP %d): mapping by status",
                         reason, status)
-        if status == 404:
-            # Novita answers not-found with 400 RESOURCE_NOT_FOUND; a bare 404 is a path
-            # that does not exist here, which must never read as "instance gone".
-            return InvalidRequest(
-                "endpoint not found (HTTP 404 without a Novita reason): check base_url",
-                provider=provider, code=reason or None, status_code=status)
+        # A 404 lands here too: Novita's not-found is 400 RESOURCE_NOT_FOUND, so the seam
+        # reads a 404 without a reason as an unknown outcome, never "instance gone".
         return None
     if cls is RateLimited:
         return RateLimited(text, provider=provider, code=reason, status_code=status)
@@ -337,6 +347,7 @@ class NovitaAdapter(HttpAdapter):
 
     profile = AdapterProfile(
         name=PROVIDER, base_url=DEFAULT_BASE_URL, api_key_env="NOVITA_API_KEY",
+        base_url_setting="novita_base_url",
         capabilities=Capabilities(stop=True, restart=True, tags=False),
         error_mapper=map_novita_error, rate_limits=DEFAULT_RATE_LIMITS)
 
@@ -345,14 +356,30 @@ class NovitaAdapter(HttpAdapter):
         if page_size < 1:
             raise ValueError("page_size must be >= 1")
         self._page_size = page_size
+        #: (when read, product id → product) of the last full products listing.
+        self._product_cache: tuple[float, dict[str, ProductPayload]] | None = None
         super().__init__(api_key, **options)
 
     # ---- validate ---------------------------------------------------------------------
 
     def validate(self, spec: InstanceSpec) -> None:
+        """Every spec field is sent (instance_type as the product, region as clusterId,
+        image, name, disk_gb, gpu_count, command, env, ports, options), checked against
+        Novita's products (max_price_per_hour, at launch) or refused here (ssh_key_names):
+        none is silently dropped."""
         opts = _options(spec)
         if not spec.image:
             raise ValidationError("image", "required: Novita needs an image (imageUrl)")
+        if spec.ssh_key_names:
+            raise ValidationError(
+                "ssh_key_names", "Novita takes no SSH key names at create: put a public key "
+                "in env (e.g. PUBLIC_KEY) or use the password Novita shows",
+                value=list(spec.ssh_key_names))
+        if spec.region is not None and opts.clusterId is not None and (
+            spec.region != opts.clusterId
+        ):
+            raise ValidationError("region", "give either region or options.clusterId "
+                                  "(both name the cluster)", value=spec.region)
         if spec.disk_gb is not None and not ROOTFS_RANGE[0] <= spec.disk_gb <= ROOTFS_RANGE[1]:
             raise ValidationError("disk_gb", "must be 10..6144 GB (Novita rootfsSize)",
                                   value=spec.disk_gb)
@@ -396,7 +423,8 @@ class NovitaAdapter(HttpAdapter):
             raise ValidationError("name", f"'<tag>/<name>' must fit in {MAX_NAME} characters",
                                   value=len(name))
         opts = _options(spec)
-        product = self._resolve_product(spec, opts)
+        with self._before_launch():
+            product = self._resolve_product(spec, opts)
         body = self._create_body(spec, opts, name, product)
         try:
             response = self._seam.request("POST", f"{API_PREFIX}/gpu/instance/create",
@@ -409,10 +437,8 @@ class NovitaAdapter(HttpAdapter):
         return self._parse(response, CreateInstanceResponse, "launch").id
 
     def _resolve_product(self, spec: InstanceSpec, opts: NovitaOptions) -> ProductPayload:
-        """The product to create from: ``options.productId`` as given, else the cheapest
-        deployable product named ``spec.instance_type``."""
-        if opts.productId:
-            return ProductPayload(id=opts.productId, name=spec.instance_type)
+        """The cheapest deployable product named ``spec.instance_type`` (only
+        ``options.productId`` among them when given), within the price cap."""
         billing = opts.billingMode or "onDemand"
         gpus = spec.gpu_count or 1
         params: dict[str, Any] = {"productName": spec.instance_type, "gpuNum": gpus}
@@ -423,6 +449,21 @@ class NovitaAdapter(HttpAdapter):
             params["billingMethod"] = billing
         wanted = spec.instance_type.strip().casefold()
         named = [p for p in self._products(params) if p.name.strip().casefold() == wanted]
+        if opts.productId:
+            # The product asked for, still held to the type, cluster and price cap.
+            mine = [p for p in named if p.id == opts.productId]
+            if not mine and not named and (cluster or billing != "onDemand"):
+                raise InsufficientCapacity(
+                    f"product {opts.productId} is not offered"
+                    + (f" in cluster {cluster}" if cluster else "")
+                    + (f" billed {billing}" if billing != "onDemand" else ""),
+                    provider=PROVIDER)
+            if not mine:
+                raise InvalidRequest(
+                    f"product {opts.productId} is not a {spec.instance_type!r} product"
+                    + (f" in cluster {cluster}" if cluster else ""),
+                    provider=PROVIDER, code="PRODUCT_NOT_FOUND")
+            named = mine
         if not named and (cluster or billing != "onDemand"):
             # The cluster or billing filter emptied the answer: the product may well exist
             # elsewhere, so this is "no capacity here", not a bad name.
@@ -499,7 +540,8 @@ class NovitaAdapter(HttpAdapter):
                                           params={"instanceId": provider_instance_id})
         except ProviderNotFound:
             return None
-        return self._to_instance(self._parse(response, InstancePayload, "get"))
+        item = self._parse(response, InstancePayload, "get")
+        return self._to_instance(item, self._price_book([item]))
 
     def list_instances(self) -> Sequence[ProviderInstance]:
         """All pages, or raise. A page count that disagrees with ``total`` (instances
@@ -536,15 +578,42 @@ class NovitaAdapter(HttpAdapter):
             raise ProviderUnavailable(
                 f"partial listing: {len(seen)} instances over {page} page(s) but total "
                 f"says {total}", provider=PROVIDER)
-        return [self._to_instance(item) for item in seen.values()]
+        products = self._price_book(seen.values())
+        return [self._to_instance(item, products) for item in seen.values()]
 
     def instance_types(self) -> Sequence[InstanceTypeOffer]:
-        offers = [_offer(p) for p in self._products({})]
+        products = self._products({})
+        self._product_cache = (self._clock.monotonic(), {p.id: p for p in products})
+        offers = [_offer(p) for p in products]
         return sorted(offers, key=lambda o: (o.price_per_hour, o.name, o.offer_id or ""))
 
-    def _products(self, params: Mapping[str, Any]) -> list[ProductPayload]:
+    def _price_book(self, items: Iterable[InstancePayload]
+                    ) -> Mapping[str, ProductPayload] | None:
+        """The products (cached) to price ``items`` by; None when none needs a price.
+
+        Read after the instances, and never allowed to fail them: a products listing
+        that fails leaves prices unknown. It is tried once (its retries would hold up
+        the read and could open the breaker for calls that matter) and not again until
+        the cache expires, so a broken endpoint does not slow every read.
+        """
+        if all((i.billingMode or "") == "monthly" for i in items):
+            return None
+        now = self._clock.monotonic()
+        cached = self._product_cache
+        if cached is not None and now - cached[0] < PRODUCT_CACHE_SECONDS:
+            return cached[1]
+        try:
+            book = {p.id: p for p in self._products({}, attempts=1)}
+        except ProviderError as exc:
+            log.info("novita: products unreadable (%s): instance prices unknown for now", exc)
+            book = {}
+        self._product_cache = (now, book)
+        return book
+
+    def _products(self, params: Mapping[str, Any],
+                  attempts: int | None = None) -> list[ProductPayload]:
         response = self._seam.request("GET", f"{API_PREFIX}/products", op="products",
-                                      idempotent=True, params=params)
+                                      idempotent=True, params=params, attempts=attempts)
         return self._parse(response, ListProductsResponse, "products").data or []
 
     # ---- act --------------------------------------------------------------------------
@@ -573,7 +642,9 @@ class NovitaAdapter(HttpAdapter):
 
     # ---- translation --------------------------------------------------------------------
 
-    def _to_instance(self, item: InstancePayload) -> ProviderInstance:
+    def _to_instance(self, item: InstancePayload,
+                     products: Mapping[str, ProductPayload] | None = None) -> ProviderInstance:
+        price = _instance_price(item, products) if products is not None else None
         raw = item.status
         state = NOVITA_STATUSES.get(raw)
         if state is None:
@@ -618,10 +689,37 @@ class NovitaAdapter(HttpAdapter):
             ip=ip,
             region=item.clusterId or item.clusterName or None,
             instance_type=item.productName or None,
-            price_per_hour=None,  # instance objects carry no price; see instance_types()
+            price_per_hour=price,
             ssh_port=ssh_port,
             detail=detail,
         )
+
+
+def _instance_price(item: InstancePayload,
+                    products: Mapping[str, ProductPayload]) -> float | None:
+    """$/h of one instance, derived from its product (instances carry no price).
+
+    The product's per-GPU price times ``gpuNum``; the spot price when billed as spot; None
+    for monthly billing (not charged by the hour) or when the product is not known. The
+    product is ``productId`` when the payload has it (list items do), else the product
+    of that name offered in the instance's cluster, when all such agree on the price.
+    """
+    billing = item.billingMode or "onDemand"
+    if billing == "monthly":
+        return None
+    spot = billing == "spot"
+    product = products.get(item.productId) if item.productId else None
+    if product is None and item.productName:
+        named = [p for p in products.values() if p.name == item.productName
+                 and (not item.clusterId or not p.regions or item.clusterId in p.regions)]
+        if len({(p.spotPrice if spot else p.price) for p in named}) == 1:
+            product = named[0]
+    if product is None:
+        return None
+    per_gpu = product.spotPrice if spot else product.price
+    if not per_gpu:
+        return None
+    return per_gpu * PRICE_UNIT_USD * (item.gpuNum or 1)
 
 
 def _offer(product: ProductPayload) -> InstanceTypeOffer:
@@ -636,9 +734,11 @@ def _offer(product: ProductPayload) -> InstanceTypeOffer:
         name=product.name,
         price_per_hour=price,
         regions=tuple(product.regions) if product.availableDeploy else (),
-        gpus=None,  # a Novita product is per GPU; gpuNum is chosen at create (1..8)
+        # A product is one GPU at this price; gpu_count (gpuNum, 1..8) multiplies it.
+        gpus=1,
         gpu_description=product.name,
-        description=("per GPU: " + ", ".join(parts)) if parts else None,
+        description=f"price per GPU, {GPU_RANGE[0]}-{GPU_RANGE[1]} GPUs per instance"
+        + (f"; per GPU: {', '.join(parts)}" if parts else ""),
         offer_id=product.id,
         spot_price_per_hour=spot,
         extra={

@@ -50,8 +50,14 @@ come from ``spec.options`` under their PodCreateInput names (``cloudType``,
 ``interruptible``, ``volumeInGb`` …). The GPU type and data center enums in the spec are
 snapshots that grow, so names are left for RunPod to judge.
 
-**Terminate.** v1 documents 204 for DELETE and 400 "Invalid Pod ID.", no 404. A 404 is
-taken as done; a 400 is taken as done only when a GET then answers not-found.
+**Not found.** v1 documents 404 "Pod not found." with no schema; RunPod is seen to send it
+as ``{"error": "Pod not found.", "status": 404}``, and v2 as problem+json with title
+``Not Found``. Only those two envelopes confirm absence (``get`` → None, ``terminate`` →
+done). A 404 in any other shape (an HTML page, an empty body: a proxy or a wrong
+``base_url``) is the seam's unknown outcome, never "gone".
+
+**Terminate.** v1 documents 204 for DELETE and 400 "Invalid Pod ID.". RunPod's not-found
+is taken as done; a 400 is taken as done only when a GET then answers not-found.
 
 **Rate limits.** RunPod documents none for v1; 5 requests/s with a burst of 5 is our
 guess (``RUNPOD_RATE_LIMITS``). 429 answers carry ``Retry-After``, which the seam honours.
@@ -124,7 +130,8 @@ RUNPOD_STATUSES: Mapping[str, InstanceState] = {
 
 #: Provider error reasons → gpufsm errors. Keys: ``message:<lower-case substring>`` of the
 #: error text (checked first; from message text, RunPod documents no codes), then
-#: ``title:<v2 problem title>``, then ``status:<HTTP status>``.
+#: ``title:<v2 problem title>``, then ``v1:<status>`` for v1's own JSON error body, then
+#: ``status:<HTTP status>``.
 RUNPOD_ERRORS: Mapping[str, type[ProviderError]] = {
     # capacity, from message text (create; start of a pod whose host is full)
     "message:no longer any instances available": InsufficientCapacity,
@@ -148,11 +155,13 @@ RUNPOD_ERRORS: Mapping[str, type[ProviderError]] = {
     "title:Conflict": InvalidRequest,  # action not valid for the pod's current status
     "title:Unprocessable Entity": InvalidRequest,
     "title:Too Many Requests": RateLimited,
+    # v1's not-found: a JSON ``{"error": ..., "status": 404}`` body (see ``_v1_not_found``);
+    # a 404 in any other shape has no entry here on purpose.
+    "v1:404": ProviderNotFound,  # "Pod not found."
     # HTTP statuses (v1 documents 400, 401, 404; v2 adds 403, 405, 409, 422, 429)
     "status:400": InvalidRequest,  # "Invalid input." / "Invalid Pod ID."
     "status:401": AuthError,  # UnauthorizedError {message}
     "status:403": AuthError,
-    "status:404": ProviderNotFound,  # "Pod not found."
     "status:405": InvalidRequest,
     "status:409": InvalidRequest,
     "status:422": InvalidRequest,
@@ -324,12 +333,23 @@ def _raw_status(pod: _Pod) -> str:
     return desired  # a v2 word, or one we have never seen: reported verbatim
 
 
+def _json_body(response: httpx.Response) -> object:
+    try:
+        return response.json()
+    except ValueError:
+        return None
+
+
+def _v1_envelope(response: httpx.Response) -> bool:
+    """RunPod v1's own error body: ``{"error": "<text>", "status": <the HTTP status>}``."""
+    data = _json_body(response)
+    return (isinstance(data, dict) and isinstance(data.get("error"), str)
+            and data.get("status") == response.status_code)
+
+
 def _error_text(response: httpx.Response) -> tuple[str | None, str]:
     """(v2 problem title, the provider's message) from either error shape, or plain text."""
-    try:
-        data = response.json()
-    except ValueError:
-        data = None
+    data = _json_body(response)
     if isinstance(data, dict):
         title = data.get("title") if isinstance(data.get("title"), str) else None
         message = next((data[k] for k in ("detail", "error", "message")
@@ -358,8 +378,9 @@ def map_runpod_error(response: httpx.Response, provider: str = PROVIDER,
             if key.startswith("message:") and key[len("message:"):] in lowered:
                 cls, matched = candidate, key
                 break
-    for fallback in (f"title:{title}" if title else "", f"status:{status}"):
-        if cls is None and fallback in RUNPOD_ERRORS:
+    v1 = f"v1:{status}" if _v1_envelope(response) else ""
+    for fallback in (f"title:{title}" if title else "", v1, f"status:{status}"):
+        if cls is None and fallback and fallback in RUNPOD_ERRORS:
             cls, matched = RUNPOD_ERRORS[fallback], fallback
     if cls is None:
         return None
@@ -381,6 +402,7 @@ class RunPodAdapter(HttpAdapter):
 
     profile = AdapterProfile(
         name=PROVIDER, base_url=DEFAULT_BASE_URL, api_key_env="RUNPOD_API_KEY",
+        base_url_setting="runpod_base_url",
         capabilities=Capabilities(stop=True, restart=True, tags=False),
         error_mapper=map_runpod_error, rate_limits=RUNPOD_RATE_LIMITS)
 
@@ -392,6 +414,9 @@ class RunPodAdapter(HttpAdapter):
     # ---- validation and the create body ---------------------------------------------------
 
     def validate(self, spec: InstanceSpec) -> None:
+        """Every spec field is sent in PodCreateInput terms (instance_type as gpuTypeIds,
+        region as dataCenterIds, image, name, disk_gb, gpu_count, command, env, ports,
+        options) or refused here (ssh_key_names, max_price_per_hour): none is dropped."""
         options = dict(spec.options)
         for key, value in options.items():
             self._validate_option(key, value)
@@ -485,7 +510,7 @@ class RunPodAdapter(HttpAdapter):
             response = self._seam.request(
                 "GET", f"{_V1}/pods/{quote(provider_instance_id, safe='')}", op="get",
                 idempotent=True, params={"includeMachine": "true"})
-        except ProviderNotFound:
+        except ProviderNotFound:  # RunPod's own not-found envelope, and only that
             return None
         return self._instance(self._parse(response, _Pod, "get"))
 
@@ -513,7 +538,7 @@ class RunPodAdapter(HttpAdapter):
         try:
             self._seam.request("DELETE", path, op="terminate", idempotent=True)
         except ProviderNotFound:
-            return  # already gone: terminate is idempotent
+            return  # RunPod's own not-found: already gone, terminate is idempotent
         except InvalidRequest as exc:
             # v1 documents 400 "Invalid Pod ID." for DELETE, never 404. A 400 alone is
             # not proof of absence; a GET answering not-found is.

@@ -11,14 +11,17 @@ Vast facts that shape it:
 
 * Vast has no tags: ownership lives in the instance ``label`` (``<tag>/<name>``).
 * ``GET /instances/{id}/`` answers ``{"instances": {...}}`` (an object); a missing
-  instance reads ``{"instances": null}`` or 404. Only a 404 that carries a Vast error
-  body counts as "gone": a bare 404 (a proxy, a wrong base_url) must never confirm that
-  an instance which may still bill has disappeared.
+  instance reads ``{"instances": null}`` or 404 ``not_found``. Only those count as
+  "gone": a 404 without Vast's error body (a proxy, a wrong base_url) is the seam's
+  unknown outcome, never proof that an instance which may still bill has disappeared.
 * The listing is ``GET /api/v1/instances`` (keyset pages of at most 25); every page is
   followed, and any failure fails the whole listing.
 * Offers are ephemeral: between search and accept another renter may take one, which
   Vast reports as ``no_such_ask``. Nothing was created, so the next-cheapest offer is
-  tried (``options["max_offer_attempts"]``, default 3).
+  tried (``options["max_offer_attempts"]``, default 3). An explicit
+  ``options["offer_id"]`` is searched for too (``id eq``), so the spec's type, count,
+  region, disk and price cap hold for it as for any offer.
+* Vast installs the account's SSH keys itself: ``ssh_key_names`` is refused, not dropped.
 * 429 carries no Retry-After, ever; the seam's jittered backoff does the waiting.
 * SSH: ``ssh_host:ssh_port`` is Vast's proxy; a direct mapping of the container's 22/tcp
   (``ports``, running instances only) is preferred when present, as Vast's own CLI does.
@@ -209,9 +212,15 @@ def vast_state(actual_status: str | None, intended_status: str | None = None,
     2. ``actual_status`` not in :data:`VAST_STATUSES` → None (logged by the caller).
     3. ``exited`` while ``intended_status`` or ``cur_state`` is ``stopped``: that is how a
        stopped container reads, not a crash → STOPPED.
-    4. RUNNING/STARTING while ``intended_status == "stopped"``: stop requested, the
+    4. ``exited`` while ``intended_status`` is ``running``: right after a start Vast still
+       shows the stopped container as exited while intent and contract already say
+       running. An exited container whose intent is running is *starting* → STARTING,
+       raw ``exited (intended running)``. Reading it FAILED made the next pass destroy a
+       machine (and its disk) the user had merely stopped and started (issue 9 item 12);
+       a container that really died stays here until the engine's STARTING deadline.
+    5. RUNNING/STARTING while ``intended_status == "stopped"``: stop requested, the
        container is not down yet → STOPPING.
-    5. otherwise the table.
+    6. otherwise the table.
     """
     word = actual_status if actual_status is not None else NULL_STATUS
     if (cur_state or "").lower() == _RELEASED:
@@ -222,6 +231,8 @@ def vast_state(actual_status: str | None, intended_status: str | None = None,
     intended = (intended_status or "").lower()
     if word.lower() == "exited" and "stopped" in (intended, (cur_state or "").lower()):
         return f"{word} (stopped)", S.STOPPED
+    if word.lower() == "exited" and intended == "running":
+        return f"{word} (intended running)", S.STARTING
     if state in _STOPPING_FROM and intended == "stopped":
         return f"{word} (intended stopped)", S.STOPPING
     return word, state
@@ -257,24 +268,21 @@ def to_provider_instance(inst: VastInstance) -> ProviderInstance:
 # ---- errors ------------------------------------------------------------------------
 
 
-def _body(response: httpx.Response,
-          secret: SecretStr | None = None) -> tuple[VastErrorBody | None, bool]:
-    """The error body in whichever of Vast's shapes, and whether it was a JSON object.
-
-    Plain text (429 "API requests too frequent") becomes ``msg``.
-    """
+def _body(response: httpx.Response, secret: SecretStr | None = None) -> VastErrorBody | None:
+    """The error body in whichever of Vast's shapes; plain text (429 "API requests too
+    frequent") becomes ``msg``."""
     text = scrub(response.text, secret).strip()
     if not text:
-        return None, False
+        return None
     try:
         data = json.loads(text)
     except ValueError:
-        return VastErrorBody(msg=text[:500]), False
+        return VastErrorBody(msg=text[:500])
     if isinstance(data, dict):
-        return VastErrorBody.model_validate(data), True
+        return VastErrorBody.model_validate(data)
     if isinstance(data, str):
-        return VastErrorBody(msg=data[:500]), False
-    return None, False
+        return VastErrorBody(msg=data[:500])
+    return None
 
 
 def _codes(body: VastErrorBody) -> list[str]:
@@ -308,23 +316,18 @@ def map_vast_error(response: httpx.Response, provider: str = PROVIDER, *,
     """The seam's mapper: Vast's body → our error, or None to map by HTTP status.
 
     429 is always RateLimited (its body may be plain text) and 5xx always the seam's
-    ProviderUnavailable. A 404 whose body is not a Vast JSON object is refused as an
-    answer (InvalidRequest) instead of confirming an absence: see the module docstring.
+    ProviderUnavailable. ProviderNotFound only from a body naming ``not_found``: a 404
+    without one is left to the seam, which reads it as an unknown outcome.
     """
     status = response.status_code
-    body, is_object = _body(response, secret)
+    body = _body(response, secret)
     if status == 429:
         text = (body.text if body is not None else None) or "API requests too frequent"
         return RateLimited(f"rate limited: {text[:200]}", provider=provider,
                            status_code=status, code=body.error if body is not None else None)
     if status >= 500:
         return None
-    error = _error_from_body(body, status, provider) if body is not None else None
-    if error is None and status == 404 and not is_object:
-        return InvalidRequest("404 without a Vast error body (a proxy or a wrong base_url?) "
-                              "is not read as 'no such instance'", provider=provider,
-                              status_code=status)
-    return error
+    return _error_from_body(body, status, provider) if body is not None else None
 
 
 def _refused_on_200(data: Any, status: int,
@@ -349,6 +352,7 @@ class VastAdapter(HttpAdapter):
 
     profile = AdapterProfile(
         name=PROVIDER, base_url=DEFAULT_BASE_URL, api_key_env="VAST_API_KEY",
+        base_url_setting="vast_base_url",
         capabilities=Capabilities(stop=True, restart=True, tags=False),
         error_mapper=map_vast_error, rate_limits=VAST_RATE_LIMITS)
 
@@ -363,9 +367,20 @@ class VastAdapter(HttpAdapter):
     # ---- validation ------------------------------------------------------------------
 
     def validate(self, spec: InstanceSpec) -> None:
-        """Refuse locally what Vast would refuse (or silently mangle) at launch."""
+        """Refuse locally what Vast would refuse (or silently mangle) at launch.
+
+        Every spec field is either sent (instance_type, gpu_count, region, disk_gb and
+        max_price_per_hour as search filters; image, name as the label, command as
+        onstart, env and ports as docker flags, options) or refused here
+        (ssh_key_names): none is silently dropped.
+        """
         if not spec.image:
             raise ValidationError("image", "required: Vast launches a Docker image")
+        if spec.ssh_key_names:
+            raise ValidationError(
+                "ssh_key_names", "Vast installs the SSH keys registered on the account and "
+                "takes no key names: add the key in the Vast console and leave this empty",
+                value=list(spec.ssh_key_names))
         if not normalize_gpu_name(spec.instance_type):
             raise ValidationError("instance_type", "a Vast GPU name such as RTX_4090")
         if spec.disk_gb is not None and spec.disk_gb < 1:
@@ -413,10 +428,6 @@ class VastAdapter(HttpAdapter):
         interruptible = options.get("interruptible")
         if interruptible is not None and not isinstance(interruptible, bool):
             raise ValidationError("options.interruptible", "true or false", value=interruptible)
-        if interruptible and offer_id is not None and price is None:
-            # Without a search there is no min_bid to bid, and Vast would rent on demand.
-            raise ValidationError("options.price", "an interruptible launch of an explicit "
-                                  "offer_id needs a bid price")
         target = options.get("target_state")
         if target is not None and target not in ("running", "stopped"):
             raise ValidationError("options.target_state", "running or stopped", value=target)
@@ -449,21 +460,20 @@ class VastAdapter(HttpAdapter):
             raise ValidationError("name", f"the label {label[:40]!r}… exceeds {_LABEL_MAX}")
         options = spec.options
         explicit = options.get("offer_id")
-        if explicit is not None:
-            candidates = [VastOffer(id=int(explicit))]
-        else:
+        with self._before_launch():
             candidates = self._search(self._search_body(spec))
-            limit = spec.max_price_per_hour
-            if limit is not None:  # never trust the filter alone with someone's money
-                candidates = [o for o in candidates
-                              if o.dph_total is not None and o.dph_total <= limit]
-            if not candidates:
-                raise InsufficientCapacity(
-                    f"no offer matches {normalize_gpu_name(spec.instance_type)!r}"
-                    f" x{spec.gpu_count or 1}"
-                    f"{f' in {spec.region}' if spec.region else ''}"
-                    f"{f' at <= ${limit}/h' if limit is not None else ''}",
-                    provider=PROVIDER, code="no_offer")
+        limit = spec.max_price_per_hour
+        if limit is not None:  # never trust the filter alone with someone's money
+            candidates = [o for o in candidates
+                          if o.dph_total is not None and o.dph_total <= limit]
+        if not candidates:
+            raise InsufficientCapacity(
+                (f"offer {explicit} is not a rentable match for " if explicit is not None
+                 else "no offer matches ")
+                + f"{normalize_gpu_name(spec.instance_type)!r} x{spec.gpu_count or 1}"
+                f"{f' in {spec.region}' if spec.region else ''}"
+                f"{f' at <= ${limit}/h (max_price_per_hour)' if limit is not None else ''}",
+                provider=PROVIDER, code="no_offer")
         attempts = int(options.get("max_offer_attempts", 3))
         last: InsufficientCapacity | None = None
         for offer in candidates[:attempts]:
@@ -496,6 +506,9 @@ class VastAdapter(HttpAdapter):
             body["allocated_storage"] = spec.disk_gb
         for field, cond in (options.get("filters") or {}).items():
             body[field] = dict(cond)
+        if options.get("offer_id") is not None:
+            # The one offer asked for, still held to every other field of the spec.
+            body["id"] = {"eq": int(options["offer_id"])}
         body["limit"] = int(options.get("search_limit", 10))
         body["type"] = "bid" if bid else "on-demand"
         # Cheapest first; among equal prices the more reliable host.

@@ -1,12 +1,18 @@
-"""Build the configured provider adapters from Settings (keys and optional base URLs)."""
+"""Build the configured provider adapters from Settings (keys and optional base URLs).
+
+Where each adapter finds its key and its URL is decided in one place, the adapter
+itself (``gpufsm.adapters._base.HttpAdapter``): the CLI hands it the Settings and never
+resolves a key or a URL on its own, so the CLI and a Python embedder cannot disagree on
+where a key is sent.
+"""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
-from typing import Any
 
-from gpufsm.adapters import ProviderAdapter, adapter_class
+from gpufsm.adapters import ADAPTERS, ProviderAdapter, adapter_class
+from gpufsm.adapters._base import AdapterProfile
 from gpufsm.config import Settings
 from gpufsm.errors import ValidationError
 
@@ -14,12 +20,17 @@ __all__ = ["PROVIDER_SETTINGS", "build_adapters"]
 
 log = logging.getLogger("gpufsm.cli")
 
-#: provider → (API key setting, base URL setting, environment variable of the key)
+
+def _profile(name: str) -> AdapterProfile:
+    profile: AdapterProfile = adapter_class(name).profile
+    return profile
+
+
+#: provider → (API key setting, base URL setting, environment variable of the key), as
+#: each adapter's profile declares them.
 PROVIDER_SETTINGS: dict[str, tuple[str, str, str]] = {
-    "lambda": ("lambda_api_key", "lambda_base_url", "LAMBDA_API_KEY"),
-    "novita": ("novita_api_key", "novita_base_url", "NOVITA_API_KEY"),
-    "runpod": ("runpod_api_key", "runpod_base_url", "RUNPOD_API_KEY"),
-    "vastai": ("vast_api_key", "vast_base_url", "VAST_API_KEY"),
+    name: (p.api_key_setting, p.base_url_setting, p.api_key_env)
+    for name, p in ((name, _profile(name)) for name in sorted(ADAPTERS))
 }
 
 
@@ -36,16 +47,14 @@ def build_adapters(settings: Settings, only: Iterable[str] | None = None
         if name not in PROVIDER_SETTINGS:
             raise ValidationError("provider", f"unknown provider {name!r}; known: "
                                   f"{', '.join(sorted(PROVIDER_SETTINGS))}", value=name)
-        key_field, url_field, env = PROVIDER_SETTINGS[name]
-        key = getattr(settings, key_field)
-        if key is None:
-            if only:
-                raise ValidationError(env, "not set: export it or put it in .env")
-            continue
-        kwargs: dict[str, Any] = {"timeout": settings.http_timeout}
-        if (url := getattr(settings, url_field)) is not None:
-            kwargs["base_url"] = url
-        adapters.append(adapter_class(name)(key, **kwargs))
+        key_field = PROVIDER_SETTINGS[name][0]
+        if getattr(settings, key_field) is None and not only:
+            continue  # not configured, and not asked for by name
+        # The adapter resolves key and base URL from these settings, as it would from
+        # the environment in a Python program: a missing key asked for by name is its
+        # ValidationError, naming the variable.
+        adapters.append(adapter_class(name)(settings=settings,
+                                            timeout=settings.http_timeout))
     if not adapters:
         raise ValidationError(
             "provider", "no provider configured: set one of "

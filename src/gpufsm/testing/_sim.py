@@ -167,6 +167,9 @@ class SimulatedCloud:
         self._outage_mode: str | None = None
         self._outage_left = 0
         self.credit_ok = True
+        #: Seconds after its creation during which reads (get, list) do not show an
+        #: instance: the eventual consistency of real providers (see ``lag_reads``).
+        self.read_lag = 0.0
         self.calls: Counter[str] = Counter()
 
     # ---- ProviderAdapter --------------------------------------------------------------
@@ -192,6 +195,15 @@ class SimulatedCloud:
             )
 
     def launch(self, request: LaunchRequest) -> str:
+        """Create the instance, honouring the spec's price cap as the real adapters do:
+        a type above ``max_price_per_hour`` is refused (InsufficientCapacity) before
+        anything is created, with no launch counted."""
+        limit = request.spec.max_price_per_hour
+        offer = self._types.get(request.spec.instance_type)
+        if limit is not None and offer is not None and offer.price_per_hour > limit:
+            raise InsufficientCapacity(
+                f"{offer.name} costs ${offer.price_per_hour:.2f}/h, above "
+                f"max_price_per_hour ${limit:.2f}/h", provider=self._name)
         return self.create_instance(
             instance_type=request.spec.instance_type,
             region=request.spec.region,
@@ -266,7 +278,7 @@ class SimulatedCloud:
             self._call("get")
             self._raise_after(self._fault("get"))
             inst = self._instances.get(provider_instance_id)
-            if inst is None or inst.removed:
+            if inst is None or inst.removed or self._lagging(inst):
                 return None
             return self._view(inst)
 
@@ -279,7 +291,8 @@ class SimulatedCloud:
                 if self._outage_mode == "empty":
                     return []  # the lie: a real outage that looks like "nothing is running"
                 raise ProviderUnavailable("listing failed (simulated outage)", provider=self._name)
-            return [self._view(i) for i in self._instances.values() if not i.removed]
+            return [self._view(i) for i in self._instances.values()
+                    if not i.removed and not self._lagging(i)]
 
     def start(self, provider_instance_id: str) -> None:
         # desired-state APIs (RunPod, Vast) accept a start while a stop is under way
@@ -347,16 +360,35 @@ class SimulatedCloud:
         with self._lock:
             self._outage_mode, self._outage_left = mode, listings
 
-    def kill(self, provider_instance_id: str, *, raw_status: str = "unhealthy") -> None:
-        """The instance dies where it stands (it still bills until terminated)."""
+    def lag_reads(self, seconds: float) -> None:
+        """Reads lag writes: for ``seconds`` after its creation an instance is missing
+        from listings and a GET answers not-found, while commands (terminate …) act on it.
+
+        What real providers do after a launch is accepted (SkyPilot retries visibility
+        after a create for this reason). 0 switches the lag off.
+        """
+        if not seconds >= 0:
+            raise ValueError("read lag is a number of seconds >= 0")
         with self._lock:
-            inst = self._live(provider_instance_id)
+            self.read_lag = float(seconds)
+
+    def kill(self, provider_instance_id: str, *, raw_status: str = "unhealthy") -> None:
+        """The instance dies where it stands (it still bills until terminated).
+
+        KeyError for an instance that is gone or on its way out: a terminated machine
+        cannot die again (killing it must not bring it back).
+        """
+        with self._lock:
+            inst = self._alive(provider_instance_id)
             self._replan(inst, raw_status)
 
     def preempt(self, provider_instance_id: str) -> None:
-        """The provider takes a spot instance back: reported preempted, then gone."""
+        """The provider takes a spot instance back: reported preempted, then gone.
+
+        KeyError for an instance that is gone or being terminated, as for ``kill``.
+        """
         with self._lock:
-            inst = self._live(provider_instance_id)
+            inst = self._alive(provider_instance_id)
             self._plan(inst, ("preempted", (0.0, 0.0)), ("", self.timings.linger))
 
     def vanish(self, provider_instance_id: str) -> None:
@@ -369,11 +401,14 @@ class SimulatedCloud:
         with self._lock:
             self._live(provider_instance_id).raw_override = raw_status
 
-    def spawn_untracked(self, tag: str | None, *, instance_type: str = "gpu_1x_a10") -> str:
-        """An instance that exists on the provider with no row of ours (a crash leftover)."""
+    def spawn_untracked(self, tag: str | None, *, instance_type: str = "gpu_1x_a10",
+                        name: str | None = None, region: str | None = None) -> str:
+        """An instance that exists on the provider with no row of ours: a crash leftover
+        (``tag`` ours), or one made in the provider's console (no tag, maybe a ``name``
+        of the user's own). No call is counted and no fault applies."""
         with self._lock:
-            return self._create(instance_type=instance_type, region=None,
-                                name=tag or "not-ours", tag=tag, meta=None)
+            return self._create(instance_type=instance_type, region=region,
+                                name=name or tag or "not-ours", tag=tag, meta=None)
 
     # ---- inspection ------------------------------------------------------------------
 
@@ -434,6 +469,15 @@ class SimulatedCloud:
         if inst is None or inst.removed:
             raise KeyError(provider_instance_id)
         return inst
+
+    def _alive(self, provider_instance_id: str) -> SimInstance:
+        inst = self._live(provider_instance_id)
+        if inst.phase in ("terminating", "terminated"):
+            raise KeyError(provider_instance_id)
+        return inst
+
+    def _lagging(self, inst: SimInstance) -> bool:
+        return self.clock.monotonic() - inst.created_at < self.read_lag
 
     def _command(
         self, op: str, pid: str, allowed: set[str], *steps: tuple[str, tuple[float, float]]

@@ -14,7 +14,11 @@ JSON in, JSON out. Bad input is a 400 ``{"error": why, "field": name}``.
 GET      /_emulator/state            live instances (not terminated or vanished), queued
                                      faults, request counts, the clock
 GET      /_emulator/http-faults      the queued HTTP faults
-POST     /_emulator/http-faults      queue an ``HttpFault`` (its fields as the body)
+POST     /_emulator/http-faults      queue an ``HttpFault`` (its fields as the body):
+                                     kind 429 | 5xx | 401 | 404 (bare, as a proxy
+                                     answers) | slow | drop; ``echo_key`` puts the
+                                     caller's key in the error text; ``after`` lets
+                                     that many matching requests through first
 DELETE   /_emulator/http-faults      drop every queued HTTP fault
 POST     /_emulator/cloud-faults     ``{"action": ..., ...}``: a SimulatedCloud fault
 GET      /_emulator/clock            ``{"fake", "monotonic", "now"}``
@@ -28,7 +32,15 @@ Cloud-fault actions and their fields (defaults in brackets):
 
 =================  ================================================================
 fail_next          op, error, times [1], after_work [false]
-outage             listings, mode ["error" | "empty"]
+outage             listings, mode ["error" | "empty": the next listings answer an
+                   empty list, as a deprecated endpoint did]
+lag_reads          seconds: for that long after its creation an instance is missing
+                   from listings and a GET answers the provider's not-found, while
+                   commands act on it (read-after-write lag; 0 switches it off)
+spawn_untracked    instance_type [the first offered], tag [null], name [null],
+                   region [null]: an instance made in the provider's console (no tag
+                   of ours, maybe a name of the user's); answers its ``id`` and the
+                   ``provider_id`` a client sees
 kill               id, raw_status ["unhealthy"]
 preempt            id
 vanish             id
@@ -46,6 +58,7 @@ import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from gpufsm.errors import ProviderError
 from gpufsm.testing._clock import FakeClock
 from gpufsm.testing._sim import _FAULT_ERRORS, SIM_STATUSES, SimInstance, SimulatedCloud
 from gpufsm.testing.emulators._server import (
@@ -59,9 +72,9 @@ from gpufsm.testing.emulators._server import (
 __all__ = ["ADMIN_PREFIX", "CLOUD_FAULT_ACTIONS", "EmulatorAdmin", "enable_admin"]
 
 #: What POST /_emulator/cloud-faults accepts as ``action``.
-CLOUD_FAULT_ACTIONS = ("clear", "credit", "fail_next", "kill", "outage", "preempt",
-                       "set_raw_status", "vanish")
-_HTTP_FAULT_KINDS = ("429", "5xx", "slow", "drop")
+CLOUD_FAULT_ACTIONS = ("clear", "credit", "fail_next", "kill", "lag_reads", "outage",
+                       "preempt", "set_raw_status", "spawn_untracked", "vanish")
+_HTTP_FAULT_KINDS = ("429", "5xx", "401", "404", "slow", "drop")
 _HTTP_FAULT_FIELDS = frozenset(f.name for f in dataclasses.fields(HttpFault))
 # SimulatedCloud.fail_next's operations, checked here so the 400 can name the field.
 _CLOUD_OPS = ("get", "instance_types", "launch", "list", "rename", "restart", "start",
@@ -273,6 +286,8 @@ class EmulatorAdmin:
             status=body.integer("status", 503, low=500, high=599),
             delay=body.number("delay", 0.0) or 0.0,
             after_work=body.boolean("after_work", False),
+            echo_key=body.boolean("echo_key", False),
+            after=body.integer("after", 0, low=0, high=1_000_000),
         )
         body.done()
         if kind == "slow" and fault.delay <= 0:
@@ -293,56 +308,103 @@ class EmulatorAdmin:
     def _cloud_fault(self, request: EmulatorRequest) -> EmulatorResponse:
         body = _Body(request)
         action = body.string("action", choices=CLOUD_FAULT_ACTIONS)
+        handlers: Mapping[str, Callable[[_Body], dict[str, Any]]] = {
+            "fail_next": self._fail_next,
+            "outage": self._outage,
+            "lag_reads": self._lag_reads,
+            "spawn_untracked": self._spawn_untracked,
+            "credit": self._credit,
+            "clear": self._clear,
+        }
+        handler = handlers.get(action)
+        if handler is not None:
+            return _json(200, {"action": action, **handler(body)})
+        return self._instance_fault(action, body)
+
+    def _fail_next(self, body: _Body) -> dict[str, Any]:
+        op = body.string("op", choices=_CLOUD_OPS)
+        error = body.string("error", choices=tuple(sorted(_FAULT_ERRORS)))
+        times = body.integer("times", 1, low=1, high=1_000_000)
+        after_work = body.boolean("after_work", False)
+        body.done()
+        try:
+            self.cloud.fail_next(op, error, times=times, after_work=after_work)
+        except ValueError as exc:  # after_work on a permanent error
+            raise _BadInput("after_work", str(exc)) from None
+        return {"op": op, "error": error, "times": times, "after_work": after_work}
+
+    def _outage(self, body: _Body) -> dict[str, Any]:
+        listings = body.integer("listings", low=0, high=1_000_000)
+        mode = body.string("mode", "error", choices=("error", "empty"))
+        body.done()
+        self.cloud.outage(listings, mode=mode)
+        return {"listings": listings, "mode": mode}
+
+    def _lag_reads(self, body: _Body) -> dict[str, Any]:
+        seconds = body.number("seconds") or 0.0
+        body.done()
+        self.cloud.lag_reads(seconds)
+        return {"seconds": seconds}
+
+    def _spawn_untracked(self, body: _Body) -> dict[str, Any]:
         cloud = self.cloud
-        result: dict[str, Any] = {"action": action}
-        if action == "fail_next":
-            op = body.string("op", choices=_CLOUD_OPS)
-            error = body.string("error", choices=tuple(sorted(_FAULT_ERRORS)))
-            times = body.integer("times", 1, low=1, high=1_000_000)
-            after_work = body.boolean("after_work", False)
-            body.done()
-            try:
-                cloud.fail_next(op, error, times=times, after_work=after_work)
-            except ValueError as exc:  # after_work on a permanent error
-                raise _BadInput("after_work", str(exc)) from None
-            result.update(op=op, error=error, times=times, after_work=after_work)
-        elif action == "outage":
-            listings = body.integer("listings", low=0, high=1_000_000)
-            mode = body.string("mode", "error", choices=("error", "empty"))
-            body.done()
-            cloud.outage(listings, mode=mode)
-            result.update(listings=listings, mode=mode)
-        elif action == "credit":
-            ok = body.boolean("ok")
-            body.done()
-            cloud.credit_ok = ok
-            result.update(ok=ok)
-        elif action == "clear":
-            body.done()
-            cloud.clear_faults()
-        else:  # the per-instance actions
-            pid = body.string("id")
-            raw: str | None = None
+        with cloud._lock:  # the offered types, read without counting a call
+            types = tuple(cloud._types)
+        instance_type = body.string("instance_type", types[0] if types else _MISSING,
+                                    choices=types)
+        tag = body.string("tag", None, nullable=True)
+        name = body.string("name", None, nullable=True)
+        region = body.string("region", None, nullable=True)
+        body.done()
+        try:
+            pid = cloud.spawn_untracked(tag, instance_type=instance_type, name=name,
+                                        region=region)
+        except ProviderError as exc:  # a region the type is not offered in
+            raise _BadInput("region", exc.message) from None
+        return {"id": pid, "provider_id": self._provider_id(pid), "tag": tag, "name": name,
+                "instance_type": instance_type}
+
+    def _credit(self, body: _Body) -> dict[str, Any]:
+        ok = body.boolean("ok")
+        body.done()
+        self.cloud.credit_ok = ok
+        return {"ok": ok}
+
+    def _clear(self, body: _Body) -> dict[str, Any]:
+        body.done()
+        self.cloud.clear_faults()
+        return {}
+
+    def _instance_fault(self, action: str, body: _Body) -> EmulatorResponse:
+        """kill, set_raw_status, preempt, vanish: one live instance, by its sim id."""
+        cloud = self.cloud
+        pid = body.string("id")
+        raw: str | None = None
+        if action == "kill":
+            raw = body.string("raw_status", "unhealthy")
+        elif action == "set_raw_status":
+            raw = body.string("raw_status", nullable=True)
+        body.done()
+        try:
             if action == "kill":
-                raw = body.string("raw_status", "unhealthy")
+                cloud.kill(pid, raw_status=raw or "unhealthy")
             elif action == "set_raw_status":
-                raw = body.string("raw_status", nullable=True)
-            body.done()
-            try:
-                if action == "kill":
-                    cloud.kill(pid, raw_status=raw or "unhealthy")
-                elif action == "set_raw_status":
-                    cloud.set_raw_status(pid, raw)
-                elif action == "preempt":
-                    cloud.preempt(pid)
-                else:
-                    cloud.vanish(pid)
-            except KeyError:
-                return _error(404, f"no live instance {pid!r}", "id")
-            result.update(id=pid)
-            if action in ("kill", "set_raw_status"):
-                result.update(raw_status=raw)
+                cloud.set_raw_status(pid, raw)
+            elif action == "preempt":
+                cloud.preempt(pid)
+            else:
+                cloud.vanish(pid)
+        except KeyError:
+            return _error(404, f"no live instance {pid!r}", "id")
+        result: dict[str, Any] = {"action": action, "id": pid}
+        if action in ("kill", "set_raw_status"):
+            result.update(raw_status=raw)
         return _json(200, result)
+
+    def _provider_id(self, sim_id: str) -> str:
+        """The id a client of the dialect sees (Vast numbers its instances itself)."""
+        translate = getattr(self.server.dialect, "provider_id", None)
+        return str(translate(sim_id)) if callable(translate) else sim_id
 
     # ---- time ---------------------------------------------------------------------------
 

@@ -2,13 +2,15 @@
 
 The server owns what every dialect shares: the socket and threads, bearer-key checks,
 a request log with counts, and network-level faults switchable at run time (429 with or
-without Retry-After, 5xx, slow answers, dropped connections). A ``Dialect`` turns a
-request into a response in its provider's exact shapes; it never sees the faults.
+without Retry-After, 5xx, 401, a bare 404 as a proxy would send, slow answers, dropped
+connections, and error bodies that echo the caller's key). A ``Dialect`` turns a request
+into a response in its provider's exact shapes; it never sees the faults.
 """
 
 from __future__ import annotations
 
 import json
+import sys
 import threading
 import time
 import urllib.parse
@@ -83,9 +85,16 @@ class Dialect(Protocol):
 class HttpFault:
     """A fault for the next ``times`` matching requests.
 
-    kind: ``429`` (``retry_after`` None = no header), ``5xx`` (``status``), ``slow``
-    (sleep ``delay`` seconds, then answer normally), ``drop`` (close the connection
-    without answering, after doing the work when ``after_work``).
+    kind: ``429`` (``retry_after`` None = no header), ``5xx`` (``status``), ``401`` (the
+    provider's own "bad key" answer), ``404`` (a bare HTML 404 with none of the provider's
+    error body: what a proxy or a wrong base URL answers), ``slow`` (sleep ``delay``
+    seconds, then answer normally), ``drop`` (close the connection without answering,
+    after doing the work when ``after_work``).
+
+    ``echo_key``: the error body repeats the caller's bearer key in its message, as some
+    servers do ("invalid key sk-…"), so tests can prove the adapters scrub it.
+    ``after``: let that many matching requests through first (the second page of a
+    listing fails, say).
     """
 
     kind: str
@@ -96,11 +105,59 @@ class HttpFault:
     status: int = 503
     delay: float = 0.0
     after_work: bool = False
+    echo_key: bool = False
+    after: int = 0
 
     def matches(self, request: EmulatorRequest) -> bool:
         return (self.method is None or self.method == request.method) and (
             self.path_contains is None or self.path_contains in request.path
         )
+
+
+#: What a proxy or a web server says for a path it does not know: no provider's body.
+_BARE_404 = (b"<html><head><title>404 Not Found</title></head><body><center>"
+             b"<h1>404 Not Found</h1></center><hr><center>nginx</center></body></html>")
+
+#: JSON fields that carry an error's human text, in every dialect's shapes.
+_MESSAGE_FIELDS = ("message", "msg", "detail")
+
+
+def _bearer(request: EmulatorRequest) -> str:
+    header = request.headers.get("authorization", "")
+    return header.removeprefix("Bearer ").strip()
+
+
+def _echo(response: EmulatorResponse, key: str) -> EmulatorResponse:
+    """``response`` with ``key`` added to its human text, wherever the dialect keeps it:
+    the message fields of a JSON body (nested ones too), else a string ``error`` (RunPod
+    v1), else the whole text body. Codes are left alone, so the error still maps."""
+    suffix = f" (key {key})"
+
+    def walk(node: Any) -> bool:
+        if not isinstance(node, dict):
+            return False
+        found = False
+        for name in _MESSAGE_FIELDS:
+            if isinstance(node.get(name), str):
+                node[name] += suffix
+                found = True
+        for value in node.values():
+            found = walk(value) or found
+        return found
+
+    body = response.body
+    if isinstance(body, dict):
+        body = json.loads(json.dumps(body))  # a copy: dialects may share their bodies
+        if not walk(body) and isinstance(body.get("error"), str):
+            body["error"] += suffix
+    elif isinstance(body, str):
+        body += suffix
+    elif isinstance(body, bytes):
+        body += suffix.encode()
+    else:
+        body = f"error{suffix}"
+    return EmulatorResponse(response.status, body, headers=dict(response.headers),
+                            content_type=response.content_type)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -156,6 +213,14 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
     emulator: EmulatorServer
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that hung up (a timeout, a Ctrl-C, a "slow" fault outlasting it) is
+        what an emulator is for, not an error: socketserver would print a traceback for
+        each, into whatever stderr the test runner holds at that moment."""
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            return
+        super().handle_error(request, client_address)
 
 
 class EmulatorServer:
@@ -219,6 +284,9 @@ class EmulatorServer:
         with self._lock:
             for fault in self._faults:
                 if fault.matches(request):
+                    if fault.after > 0:
+                        fault.after -= 1
+                        continue
                     fault.times -= 1
                     if fault.times <= 0:
                         self._faults.remove(fault)
@@ -236,15 +304,22 @@ class EmulatorServer:
             return self._record(key, self.dialect.unauthorized(), request)
         fault = self._take_fault(request)
         if fault is not None:
+            answer: EmulatorResponse | None = None
             if fault.kind == "429":
-                response = self.dialect.rate_limited()
+                answer = self.dialect.rate_limited()
                 if fault.retry_after is not None:
-                    response.headers["Retry-After"] = f"{fault.retry_after:g}"
-                return self._record(key, response, request)
-            if fault.kind == "5xx":
-                response = self.dialect.server_error()
-                response.status = fault.status
-                return self._record(key, response, request)
+                    answer.headers["Retry-After"] = f"{fault.retry_after:g}"
+            elif fault.kind == "5xx":
+                answer = self.dialect.server_error()
+                answer.status = fault.status
+            elif fault.kind == "401":
+                answer = self.dialect.unauthorized()
+            elif fault.kind == "404":
+                answer = EmulatorResponse(404, _BARE_404, content_type="text/html")
+            if answer is not None:
+                if fault.echo_key:
+                    answer = _echo(answer, _bearer(request))
+                return self._record(key, answer, request)
             if fault.kind == "slow":
                 time.sleep(fault.delay)
             elif fault.kind == "drop":

@@ -27,8 +27,9 @@ terminated      TERMINATED    empty                 Terminated by User: <date>
 A ``raw_override`` is sent verbatim as ``desiredStatus``. Errors: 401 is the documented
 ``UnauthorizedError {message}``; the other v1 errors are undocumented, and answer the
 ``{"error": "...", "status": N}`` body RunPod's REST API is seen to send; 429 answers the
-v2 ``application/problem+json`` body. The capacity, credit and spend-limit messages are
-the ones the adapter recognises by text.
+v2 ``application/problem+json`` body; a path RunPod does not serve answers a bare text
+404 (as a web server would), which is not RunPod's not-found. The capacity, credit and
+spend-limit messages are the ones the adapter recognises by text.
 
 ``delete_unknown_status`` chooses what DELETE of an unknown pod answers: v1 documents
 only 400 "Invalid Pod ID." for it, while third-party clients expect 404; the adapter
@@ -162,7 +163,9 @@ class RunPodDialect:
                 return self._get(pid, include_machine)
             if action is None and method == "DELETE":
                 return self._delete(pid)
-        return _v1_error(404, f"no route for {method} {request.path}")
+        # A path RunPod does not serve: a bare 404, not RunPod's error body, so a wrong
+        # base_url reads as "unknown outcome" and never as "pod not found".
+        return EmulatorResponse(404, "404 page not found")
 
     def _create(self, request: EmulatorRequest) -> EmulatorResponse:
         try:

@@ -28,8 +28,12 @@ rebooting     rebooting       running   running    ``recycling`` after the recyc
 running       running         running   running
 stopping      running         stopped   running    stop asked, container still up
 stopped       stopped         stopped   stopped
-unhealthy     exited          running   running    the container died on its own
-preempted     exited          running   running    outbid/taken back; the sim then removes it
+unhealthy     unknown         running   running    the host stopped answering: dead where it
+                                                   stands (an exited container whose intent
+                                                   is running reads as *starting*, which is
+                                                   how Vast shows a start in progress)
+preempted     exited          running   stopped    outbid: the contract is stopped, intent
+                                                   kept; the sim then removes it
 terminating   exited          stopped   unloaded   contract released on destroy
 terminated    (absent)                             Vast does not list destroyed instances
 ============  ==============  ========  =========  ========================================
@@ -76,8 +80,9 @@ VAST_PHASE_WORDS: Mapping[str, tuple[str | None, str, str, str, str | None]] = {
     "running": ("running", "running", "running", "running", "success, running"),
     "stopping": ("running", "stopped", "running", "stopped", None),
     "stopped": ("stopped", "stopped", "stopped", "stopped", None),
-    "unhealthy": ("exited", "running", "running", "running", "container exited (code 1)"),
-    "preempted": ("exited", "running", "running", "running",
+    "unhealthy": ("unknown", "running", "running", "running",
+                  "no recent heartbeat from the host"),
+    "preempted": ("exited", "running", "stopped", "running",
                   "interruptible instance outbid and stopped"),
     "terminating": ("exited", "stopped", "unloaded", "unloaded", "destroying"),
 }
