@@ -7,90 +7,32 @@ provider and the database hold afterwards.
 
 from __future__ import annotations
 
-import functools
 import json
 import re
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 import typer
-from typer.testing import CliRunner, Result
+from typer.testing import CliRunner
 
+from cli_env import LAUNCH, Env, lambda_env
 from gpufsm import InstanceState, SqlInstanceStore
-from gpufsm.adapters._http import RetryPolicy
 from gpufsm.cli import _lifecycle as lifecycle_module
-from gpufsm.cli import _providers, app
+from gpufsm.cli import app
 from gpufsm.cli._fleetview import format_age
-from gpufsm.clock import SystemClock
 from gpufsm.store import InstanceRecord
-from gpufsm.testing import SimTimings, SimulatedCloud
-from gpufsm.testing.emulators import EmulatorServer, make_dialect
 
-KEY = "cli-commands-key-7731"
 S = InstanceState
-FAST = SimTimings(provision=(0.02, 0.05), boot=(0.05, 0.1), stop=(0.05, 0.1),
-                  start=(0.05, 0.1), restart=(0.05, 0.1), terminate=(0.05, 0.1),
-                  linger=(30.0, 30.0))
-LAUNCH = ["launch", "--provider", "lambda", "--type", "gpu_1x_a10", "--region", "us-east-1",
-          "--ssh-key", "laptop"]
-
-
-@dataclass
-class Env:
-    """One emulated Lambda account and one database, and a runner wired to both."""
-
-    cloud: SimulatedCloud
-    server: EmulatorServer
-    store: SqlInstanceStore
-    url: str
-
-    def cli(self, *args: str, input: str | None = None) -> Result:
-        env = {"LAMBDA_API_KEY": KEY, "GPUFSM_LAMBDA_BASE_URL": self.server.url,
-               "GPUFSM_DATABASE_URL": self.url}
-        result = CliRunner().invoke(app, list(args), env=env, input=input)
-        assert KEY not in result.output
-        # every failure is handled: an exit status, never an escaped exception
-        assert result.exception is None or isinstance(result.exception, SystemExit), \
-            result.exception
-        return result
-
-    def launch(self, *extra: str) -> str:
-        result = self.cli(*LAUNCH, *extra)
-        assert result.exit_code == 0, result.output
-        return result.stdout.strip()
-
-    def row(self, row_id: str) -> InstanceRecord:
-        return self.store.get(row_id)
-
-    def wait_phase(self, pid: str, phase: str, timeout: float = 5.0) -> None:
-        deadline = time.monotonic() + timeout
-        while self.cloud.instance(pid).phase != phase:
-            assert time.monotonic() < deadline, self.cloud.instance(pid).phase
-            time.sleep(0.02)
 
 
 @pytest.fixture
 def env(store: SqlInstanceStore, store_url: str, tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch) -> Iterator[Env]:
-    """Lambda on loopback in real (fast) time; no rate limits, no retries, no other keys."""
-    for var in ("VAST_API_KEY", "NOVITA_API_KEY", "RUNPOD_API_KEY", "GPUFSM_DATABASE_URL"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.chdir(tmp_path)  # no stray .env
-    real = _providers.adapter_class
-    monkeypatch.setattr(_providers, "adapter_class", lambda name: functools.partial(
-        real(name), rate_limits={}, retry=RetryPolicy(attempts=1)))
-    cloud = SimulatedCloud("lambda", clock=SystemClock(), seed=3, timings=FAST)
-    server = EmulatorServer(make_dialect("lambda", cloud), api_key=KEY).start()
-    try:
-        yield Env(cloud, server, store, store_url)
-    finally:
-        server.stop()
+    yield from lambda_env(store, store_url, tmp_path, monkeypatch)
 
 
 # ---- launch ---------------------------------------------------------------------------------
@@ -176,7 +118,7 @@ def test_a_wrong_api_key_is_one_clear_line_without_the_key(env: Env) -> None:
         "LAMBDA_API_KEY": "wrong-key-123", "GPUFSM_LAMBDA_BASE_URL": env.server.url,
         "GPUFSM_DATABASE_URL": env.url})
     assert result.exit_code == 1
-    assert "error: lambda: listing failed" in result.stderr
+    assert "error: lambda: could not list (401 API key was invalid" in result.stderr
     assert "[global/invalid-api-key]" in result.stderr
     assert "wrong-key-123" not in result.output and "Traceback" not in result.output
 
@@ -213,18 +155,27 @@ def test_terminate_wait_until_confirmed_and_again_is_a_no_op(env: Env) -> None:
     assert env.cloud.calls["terminate"] == 1
 
 
-def test_an_ambiguous_prefix_is_refused(env: Env) -> None:
+def _plant_two_abcd_rows(env: Env) -> list[str]:
     now = datetime.now(UTC)
+    ids = []
     for n in (1, 2):
+        ids.append(f"abcd{n}111-2222-3333-4444-555555555555")
         env.store.insert(InstanceRecord(
-            id=f"abcd{n}111-2222-3333-4444-555555555555", provider="lambda",
+            id=ids[-1], provider="lambda",
             state=S.CREATED, version=1, client_token=f"{n}" * 16, tag="gpufsm-" + f"{n}" * 16,
-            name=None, billable=True, spec={}, created_at=now, updated_at=now,
+            name=f"job-{n}", billable=True, spec={}, created_at=now, updated_at=now,
             state_entered_at=now, provider_instance_id=f"lambda-x{n}"), actor="test")
+    return ids
+
+
+def test_an_ambiguous_prefix_is_refused_listing_the_matches(env: Env) -> None:
+    ids = _plant_two_abcd_rows(env)
     result = env.cli("terminate", "abcd")
     assert result.exit_code == 1
-    assert result.stdout.strip() == \
-        "abcd  error: ID: 'abcd' matches 2 instances; give more of the id"
+    assert result.stdout.splitlines() == [
+        "abcd  error: ID: 'abcd' matches 2 instances; give more of the id:",
+        f"  {ids[0]}  job-1  lambda  CREATED",
+        f"  {ids[1]}  job-2  lambda  CREATED"]
     assert env.cloud.calls["terminate"] == 0
     assert {r.state for r in env.store.list()} == {S.CREATED}
 
@@ -264,19 +215,30 @@ def test_rename_on_lambda_renames_the_instance_and_the_row(env: Env) -> None:
     assert [r["name"] for r in listed] == ["new-name"]
 
 
-def test_rename_where_the_provider_cannot_says_so(env: Env,
-                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+def test_rename_where_the_provider_cannot_renames_the_row_and_says_so(env: Env) -> None:
+    """RunPod has no rename call: the row is renamed (as the help says) and the line says
+    the provider keeps its name; nothing is called, so no RunPod key is needed."""
     now = datetime.now(UTC)
     env.store.insert(InstanceRecord(
-        id="11111111-2222-3333-4444-555555555555", provider="runpod", state=S.CREATING,
+        id="11111111-2222-3333-4444-555555555555", provider="runpod", state=S.RUNNING,
         version=1, client_token="t" * 16, tag="gpufsm-" + "t" * 16, name="pod", billable=True,
-        spec={"provider": "runpod"}, created_at=now, updated_at=now, state_entered_at=now),
-        actor="test")
-    monkeypatch.setenv("RUNPOD_API_KEY", "rp-key")
-    result = env.cli("rename", "11111111", "other")
-    assert result.exit_code == 1
-    assert result.stderr.strip() == "error: rename is not supported by runpod"
-    assert env.row("11111111-2222-3333-4444-555555555555").name == "pod"
+        spec={"provider": "runpod"}, created_at=now, updated_at=now, state_entered_at=now,
+        provider_instance_id="pod-abc"), actor="test")
+    result = env.cli("rename", "pod-abc", "other")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip() == (
+        "11111111  renamed to other in the database only: runpod cannot rename instances, "
+        "so it keeps the name it was launched with")
+    assert env.row("11111111-2222-3333-4444-555555555555").name == "other"
+    listed = json.loads(env.cli("instances", "--json").stdout)
+    assert [r["name"] for r in listed] == ["other"]
+
+
+def test_rename_help_says_what_happens_on_each_provider() -> None:
+    result = CliRunner().invoke(app, ["rename", "--help"], env={"COLUMNS": "200"})
+    assert "Rename an instance in the database, and on the provider where it can" in \
+        result.output
+    assert "the provider keeps the name it launched with" in " ".join(result.output.split())
 
 
 # ---- destroy-all -----------------------------------------------------------------------------
@@ -296,7 +258,7 @@ def test_destroy_all_asks_and_a_no_does_nothing(env: Env,
     monkeypatch.setattr(lifecycle_module, "_stdin_is_tty", lambda: True)
     result = env.cli("destroy-all", input="n\n")
     assert result.exit_code == 1
-    assert "Terminate every instance gpufsm launched on lambda?" in result.stderr
+    assert "Terminate these 1 instance on lambda?" in result.stderr
     assert env.cloud.calls["terminate"] == 0
     yes = env.cli("destroy-all", input="y\n")
     assert yes.exit_code == 0 and "Destroyed 1/1" in yes.stdout
@@ -312,17 +274,20 @@ def test_destroy_all_works_from_the_provider_when_the_database_is_lost(
     result = env.cli("destroy-all", "--yes")
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
-    assert sorted(lines[:-1]) == sorted(f"lambda  {p}  terminating"
-                                        for p in [*pids, orphan])
+    fresh = SqlInstanceStore(env.url)
+    try:
+        adopted = {r.provider_instance_id: r for r in fresh.list()}
+        assert set(adopted) == {*pids, orphan}
+    finally:
+        fresh.close()
+    # our (new) id and the name the provider knows, per line
+    assert sorted(lines[:-1]) == sorted(
+        f"{adopted[p].id[:8]}  {adopted[p].name or '-'}  lambda  {p}  terminating"
+        for p in [*pids, orphan])
     assert lines[-1] == "Destroyed 3/3"
     for pid in [*pids, orphan]:
         assert env.cloud.instance(pid).phase in ("terminating", "terminated")
     assert env.cloud.instance(stranger).phase in ("provisioning", "booting", "running")
-    fresh = SqlInstanceStore(env.url)
-    try:
-        assert {r.provider_instance_id for r in fresh.list()} == {*pids, orphan}
-    finally:
-        fresh.close()
 
 
 def test_destroy_all_keeps_going_past_a_failure_and_exits_1(env: Env) -> None:
@@ -335,7 +300,8 @@ def test_destroy_all_keeps_going_past_a_failure_and_exits_1(env: Env) -> None:
     assert sum(line.endswith("terminating") for line in lines) == 1
     assert lines[-1] == "Destroyed 1/2"
     # the refused one stays on record as TERMINATING, for the reconciler to re-issue
-    pid = failed.split()[1]
+    row8, _name, provider, pid = failed.split()[:4]
+    assert provider == "lambda" and row8 in {i[:8] for i in ours}
     (row,) = [env.row(i) for i in ours if env.row(i).provider_instance_id == pid]
     assert row.state is S.TERMINATING and "InvalidRequest" in (row.last_error or "")
     assert env.cloud.instance(pid).phase == "running"
@@ -347,7 +313,9 @@ def test_destroy_all_with_a_failed_listing_does_nothing_and_says_so(env: Env) ->
     env.cloud.outage(1)
     result = env.cli("destroy-all", "--yes")
     assert result.exit_code == 1
-    assert "lambda: cannot list the instances, nothing done there" in result.stderr
+    (line,) = result.stderr.splitlines()
+    assert line.startswith("error: lambda: could not list (") and "503" in line
+    assert line.endswith("): 1 billable row there not destroyed")
     assert result.stdout.strip() == "Destroyed 0/0"
     assert env.cloud.calls["terminate"] == 0
 
@@ -394,7 +362,9 @@ def test_instances_remote_with_a_failed_listing_shows_unknown(env: Env) -> None:
     env.cloud.outage(1)
     result = env.cli("instances", "--remote", "--json")
     assert result.exit_code == 1
-    assert "lambda: listing failed, its rows are shown as '?'" in result.stderr
+    (line,) = result.stderr.splitlines()
+    assert line.startswith("error: lambda: could not list (") and "503" in line
+    assert line.endswith("): 1 billable row there not checked (shown as '?')")
     (row,) = json.loads(result.stdout)
     assert row["id"] == row_id and row["remote_status"] == "?"
 

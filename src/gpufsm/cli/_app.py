@@ -19,7 +19,7 @@ from gpufsm.machines import TRANSITIONS, to_dot, to_mermaid
 
 if TYPE_CHECKING:
     from gpufsm.cli._common import SpecFlags
-    from gpufsm.store import InstanceRecord, SqlInstanceStore, TransitionRecord
+    from gpufsm.store import SqlInstanceStore
 
 __all__ = ["app", "main"]
 
@@ -45,11 +45,24 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output."
 
 
 def _store(database_url: str | None, *, migrate: bool | None = None) -> SqlInstanceStore:
+    from gpufsm.cli._common import resolve_database_url
     from gpufsm.store import SqlInstanceStore
 
     settings = Settings()
-    return SqlInstanceStore(database_url or settings.database_url, migrate=migrate,
+    return SqlInstanceStore(resolve_database_url(database_url, settings), migrate=migrate,
                             sqlite_synchronous=settings.sqlite_synchronous)
+
+
+def _check_providers(providers: Sequence[str] | None) -> None:
+    """An unknown ``--provider`` is a usage error (exit 2) before anything is opened."""
+    from gpufsm.cli._common import check_provider, error_line, exit_code_for
+
+    try:
+        for name in providers or ():
+            check_provider(name)
+    except GpufsmError as exc:
+        error_line(exc)
+        raise typer.Exit(exit_code_for(exc)) from None
 
 
 @app.command()
@@ -59,8 +72,8 @@ def demo(
     seed: Annotated[int, typer.Option(
         help="Seed of the simulated cloud behind the emulator (boot times).")] = 7,
     database_url: Annotated[str | None, typer.Option(
-        "--database-url", help="Where to keep the demo's rows (default: a fresh SQLite file "
-        "beside the embedded default, so real rows are never touched).")] = None,
+        "--database-url", help="Where to keep the demo's rows (default: a temporary SQLite "
+        "file, removed at the end).")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only the summary.")] = False,
 ) -> None:
     """Drive a small fleet through its whole life over Lambda's API, with faults.
@@ -117,30 +130,26 @@ def instances(database_url: DatabaseOpt = None, as_json: JsonOpt = False,
                   "row tracks are listed as untracked, rows they do not show as missing."
               )] = False,
               ) -> None:
-    """List the instances in the database (and, with --remote, on the providers)."""
+    """List the instances in the database (and, with --remote, on the providers).
+
+    Exit 1 when the database does not exist (nothing is created), and with --remote
+    when a provider could not be listed (its rows are shown as '?').
+    """
     from gpufsm.cli._fleetview import list_instances
 
+    _check_providers([provider] if provider is not None else None)
     raise typer.Exit(list_instances(database_url=database_url, provider=provider,
                                     as_json=as_json, remote=remote))
 
 
 @app.command()
-def history(instance_id: str, database_url: DatabaseOpt = None, as_json: JsonOpt = False) -> None:
+def history(instance_id: Annotated[str, typer.Argument(
+                metavar="ID", help="Our id (a unique prefix is enough) or the provider's.")],
+            database_url: DatabaseOpt = None, as_json: JsonOpt = False) -> None:
     """The transitions of one instance, with times, actors, reasons, raw statuses."""
-    store = _store(database_url)
-    try:
-        record = _resolve(store, instance_id)
-        rows = store.history(record.id)
-    finally:
-        store.close()
-    if as_json:
-        sys.stdout.write(json.dumps([{
-            "version": h.version, "at": h.at.isoformat(),
-            "from": h.from_state.value if h.from_state else None, "to": h.to_state.value,
-            "event": h.event.value, "kind": h.kind.value, "actor": h.actor, "reason": h.reason,
-            "raw_status": h.raw_status} for h in rows], indent=2) + "\n")
-        return
-    console.print(_history_table(record.id, rows))
+    from gpufsm.cli._fleetview import show_history
+
+    raise typer.Exit(show_history(instance_id, database_url=database_url, as_json=as_json))
 
 
 @app.command()
@@ -156,31 +165,48 @@ def reconcile(
     as_json: JsonOpt = False,
     metrics_port: Annotated[int | None, typer.Option(
         "--metrics-port", min=1, max=65535,
-        help="Serve Prometheus metrics on 127.0.0.1:PORT (needs gpufsm[metrics]).")] = None,
+        # escaped: rich markup would take [metrics] for a style and print "gpufsm"
+        help="Serve Prometheus metrics on 127.0.0.1:PORT (needs gpufsm\\[metrics]).")
+    ] = None,
 ) -> None:
     """Keep the database true to the providers; terminate what should not bill.
 
     Exit status with --once: 0 when the pass finished without instance errors or
-    alerts, 1 otherwise. The loop exits 0 on SIGTERM/SIGINT after finishing its step.
+    alerts and every provider with rows that may bill could be listed, 1 otherwise;
+    2 for bad usage. The loop exits 0 on SIGTERM/SIGINT after finishing its step.
     """
+    from gpufsm.cli._common import handled, resolve_database_url
     from gpufsm.cli._reconcile import run_reconcile
 
-    code = run_reconcile(once=once, interval=interval, providers=provider, orphans=orphans,
-                         database_url=database_url, as_json=as_json, console=console,
-                         metrics_port=metrics_port)
-    raise typer.Exit(code)
+    _check_providers(provider)
+
+    @handled
+    def reconcile_checked() -> int:
+        return run_reconcile(once=once, interval=interval, providers=provider,
+                             orphans=orphans, database_url=resolve_database_url(database_url),
+                             as_json=as_json, console=console, metrics_port=metrics_port)
+
+    raise typer.Exit(reconcile_checked())
 
 
 @db_app.command("upgrade")
 def db_upgrade(database_url: DatabaseOpt = None) -> None:
-    """Apply schema migrations (automatic for SQLite; explicit for shared PostgreSQL)."""
-    store = _store(database_url, migrate=True)
-    try:
-        from gpufsm.store import current_revision
+    """Create the database or bring its schema up to date (automatic for SQLite on any
+    write; explicit for shared PostgreSQL)."""
+    from gpufsm.cli._common import handled
 
-        console.print(f"schema at revision {current_revision(store.engine)}")
-    finally:
-        store.close()
+    @handled
+    def upgrade() -> int:
+        store = _store(database_url, migrate=True)
+        try:
+            from gpufsm.store import current_revision
+
+            console.print(f"schema at revision {current_revision(store.engine)}")
+        finally:
+            store.close()
+        return 0
+
+    raise typer.Exit(upgrade())
 
 
 @app.command()
@@ -309,7 +335,12 @@ def terminate(ids: IdsArg, wait: WaitOpt = False, timeout: TimeoutOpt = 1800.0,
 def rename(instance_id: Annotated[str, typer.Argument(metavar="ID")],
            name: Annotated[str, typer.Argument(metavar="NAME")],
            database_url: DatabaseOpt = None) -> None:
-    """Rename an instance on the provider (where supported) and in the database."""
+    """Rename an instance in the database, and on the provider where it can rename.
+
+    Lambda renames the instance too. Vast.ai, Novita and RunPod cannot: there the name
+    changes in the database only and the provider keeps the name it launched with
+    (the command says so).
+    """
     from gpufsm.cli._lifecycle import rename_instance
 
     raise typer.Exit(rename_instance(instance_id, name, database_url=database_url))
@@ -325,11 +356,16 @@ def destroy_all_command(
 ) -> None:
     """Terminate every instance gpufsm launched, from the providers' own listings.
 
-    Works without the database (it adopts what it finds); one failure does not stop
-    the rest. Exit 1 unless every instance was destroyed.
+    Lists first and, unless --yes, shows what it will terminate (our id, name,
+    provider, provider id, $/h) before asking. Works without the database (it adopts
+    what it finds); one failure does not stop the rest. A provider it cannot list (key
+    unset while rows there may bill, key refused, API unreachable) is named with the
+    rows there that may bill. Exit 1 unless every instance was destroyed and every
+    provider seen.
     """
     from gpufsm.cli._lifecycle import destroy_everything
 
+    _check_providers(provider)
     raise typer.Exit(destroy_everything(provider, yes=yes, database_url=database_url))
 
 
@@ -343,6 +379,7 @@ def types(
     """Instance types with their price per hour and where capacity exists, cheapest first."""
     from gpufsm.cli._fleetview import list_types
 
+    _check_providers([provider] if provider is not None else None)
     raise typer.Exit(list_types(provider=provider, available=available, as_json=as_json))
 
 
@@ -379,8 +416,10 @@ def run(
 ) -> None:
     """Launch, wait, upload, run, download, and always terminate (also on Ctrl-C).
 
-    Exit 1 when a step or a command failed (results are still fetched and the instance
-    still terminated), 2 for bad usage, 130/143 when interrupted by SIGINT/SIGTERM.
+    Needs something to do (-c, --upload or --download): without, it exits 2 before
+    launching anything. Exit 1 when a step or a command failed (results are still
+    fetched and the instance still terminated), 2 for bad usage, 130/143 when
+    interrupted by SIGINT/SIGTERM.
     """
     from gpufsm.cli._run import RunOptions, parse_download, run_job
 
@@ -398,34 +437,14 @@ def run(
     raise typer.Exit(run_job(flags, options, database_url=database_url))
 
 
-def _resolve(store: SqlInstanceStore, instance_id: str) -> InstanceRecord:
-    """Accept a full id or a unique prefix (the tables show 8 characters)."""
-    from gpufsm.errors import InstanceNotFound
-
-    try:
-        return store.get(instance_id)
-    except InstanceNotFound:
-        matches = [r for r in store.list() if r.id.startswith(instance_id)]
-        if len(matches) == 1:
-            return matches[0]
-        raise
-
-
-def _history_table(instance_id: str, rows: Sequence[TransitionRecord]) -> Table:
-    table = Table("v", "at", "from", "to", "event", "kind", "actor", "raw", "reason",
-                  title=f"history of {instance_id}")
-    for h in rows:
-        table.add_row(str(h.version), h.at.strftime("%H:%M:%S"),
-                      h.from_state.value if h.from_state else "", h.to_state.value,
-                      h.event.value, h.kind.value, h.actor, h.raw_status or "", h.reason or "")
-    return table
-
-
 def main() -> None:
-    """Entry point: library errors become one red line and exit status 1, not a trace."""
+    """Entry point: library errors become one red line, not a trace; exit status 2 for
+    bad input (a flag, a variable), 1 for anything else."""
+    from gpufsm.cli._common import exit_code_for
+
     try:
         app()
     except GpufsmError as exc:
-        err.print(f"[red]error:[/red] {escape(str(exc))}")
-        sys.exit(1)
+        err.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True, highlight=False)
+        sys.exit(exit_code_for(exc))
 

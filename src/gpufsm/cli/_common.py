@@ -26,12 +26,21 @@ from typing import Any, ParamSpec
 from rich.console import Console
 from rich.markup import escape
 from rich.status import Status
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 from gpufsm.adapters import ProviderAdapter
-from gpufsm.cli._providers import build_adapters
-from gpufsm.config import Settings
-from gpufsm.errors import GpufsmError, InstanceNotFound, ValidationError
+from gpufsm.cli._providers import PROVIDER_SETTINGS, build_adapters
+from gpufsm.config import Settings, check_database_url
+from gpufsm.errors import (
+    GpufsmError,
+    InstanceNotFound,
+    ProviderError,
+    StoreError,
+    ValidationError,
+)
 from gpufsm.fleet import Fleet
+from gpufsm.machines import InstanceState
 from gpufsm.specs import InstanceSpec, parse_spec
 from gpufsm.store import InstanceRecord, SqlInstanceStore
 
@@ -41,18 +50,26 @@ __all__ = [
     "EXIT_USAGE",
     "SpecFlags",
     "WaitProgress",
+    "adapters_in_sight",
+    "at_stake",
+    "billing_note",
+    "blind_line",
     "build_spec",
+    "check_provider",
     "cli_actor",
     "close_adapters",
+    "configured_providers",
     "error_line",
     "exit_code_for",
     "handled",
     "open_fleet",
     "open_store",
     "parse_pairs",
+    "resolve_database_url",
     "resolve_instance",
     "stderr",
     "stdout",
+    "why_unseen",
 ]
 
 EXIT_OK = 0
@@ -99,11 +116,58 @@ def cli_actor() -> str:
     return f"cli@{socket.gethostname()}:{os.getpid()}"
 
 
+def resolve_database_url(database_url: str | None, settings: Settings | None = None) -> str:
+    """The database a command uses, checked: ``--database-url`` (which typer also fills
+    from GPUFSM_DATABASE_URL), else the setting (``.env``, or the default).
+
+    Every command that opens a store goes through here, so a path where a URL belongs
+    or an unsupported database is one line naming what the person typed, never an
+    SQLAlchemy traceback.
+    """
+    if database_url is None:
+        url = (settings or Settings()).database_url
+        field = "GPUFSM_DATABASE_URL"
+    else:
+        url = database_url
+        from_env = os.environ.get("GPUFSM_DATABASE_URL") == database_url
+        field = "GPUFSM_DATABASE_URL" if from_env else "--database-url"
+    check_database_url(url, field=field)
+    try:
+        make_url(url)
+    except ArgumentError:
+        raise ValidationError(field, "not a valid database URL: use sqlite:////abs/path/"
+                              "gpufsm.db or postgresql+psycopg://user@host/dbname") from None
+    return url
+
+
+def _sqlite_file(url: str) -> Path | None:
+    """The file behind a SQLite URL; None for anything else (memory, PostgreSQL)."""
+    parsed = make_url(url)
+    database = parsed.database or ""
+    if parsed.get_backend_name() != "sqlite" or database in ("", ":memory:") \
+            or database.startswith("file::memory:"):
+        return None
+    return Path(database.removeprefix("file:")).expanduser().absolute()
+
+
 @contextmanager
-def open_store(database_url: str | None) -> Iterator[SqlInstanceStore]:
+def open_store(database_url: str | None, *, existing: bool = False
+               ) -> Iterator[SqlInstanceStore]:
+    """The store a command works on; closed on the way out.
+
+    ``existing``: for commands that only read. A SQLite file that is not there is
+    refused (StoreError, exit 1) before anything is opened: opening would create the
+    folders and an empty database, and the command would show an empty fleet as if
+    that were the truth, when the likelier story is a wrong path. (A PostgreSQL
+    database without the schema is refused by the store itself.)
+    """
     settings = Settings()
-    store = SqlInstanceStore(database_url or settings.database_url,
-                             sqlite_synchronous=settings.sqlite_synchronous)
+    url = resolve_database_url(database_url, settings)
+    if existing and (path := _sqlite_file(url)) is not None and not path.exists():
+        raise StoreError(f"no database at {path} (check --database-url or "
+                         "GPUFSM_DATABASE_URL; any `gpufsm launch` creates it, as does "
+                         "`gpufsm db upgrade`)")
+    store = SqlInstanceStore(url, sqlite_synchronous=settings.sqlite_synchronous)
     try:
         yield store
     finally:
@@ -130,28 +194,107 @@ def open_fleet(store: SqlInstanceStore, providers: Iterable[str] | None) -> Iter
         close_adapters(adapters)
 
 
+def configured_providers(settings: Settings) -> list[str]:
+    """The providers whose API key is set, in name order."""
+    return [name for name, (key_field, _, _) in sorted(PROVIDER_SETTINGS.items())
+            if getattr(settings, key_field) is not None]
+
+
+def check_provider(name: str, *, field: str = "--provider") -> str:
+    """``name`` if gpufsm knows that provider; else a ValidationError listing the known
+    and the configured ones (and the lowercase name, for ``LAMBDA``).
+
+    Checked before anything else, by every command that takes a provider: otherwise an
+    unknown name reads as an empty table, or as the spec's regular expression.
+    """
+    if name in PROVIDER_SETTINGS:
+        return name
+    hint = f"did you mean {name.lower()!r}? " if name.lower() in PROVIDER_SETTINGS else ""
+    configured = ", ".join(configured_providers(Settings())) or "none"
+    raise ValidationError(field, f"unknown provider {name!r}; {hint}known: "
+                          f"{', '.join(sorted(PROVIDER_SETTINGS))} (configured: {configured})",
+                          value=name)
+
+
+def at_stake(store: SqlInstanceStore, provider: str) -> int:
+    """How many rows on ``provider`` may bill: not TERMINATED and billable. What a person
+    must hear about when that provider cannot be seen."""
+    live = [s for s in InstanceState if s is not InstanceState.TERMINATED]
+    return sum(r.billable for r in store.list(provider=provider, states=live))
+
+
+def adapters_in_sight(settings: Settings, store: SqlInstanceStore,
+                      providers: Sequence[str] | None
+                      ) -> tuple[list[ProviderAdapter], dict[str, str]]:
+    """Adapters for ``providers`` (None: every configured one), and the providers that
+    cannot be seen for want of a key while rows there may bill (provider → why).
+
+    A provider named explicitly without its key is a ValidationError naming the
+    variable. Unnamed, it used to be skipped in silence, so ``destroy-all`` could say
+    ``Destroyed 0/0`` over machines that bill: now it is reported as unseen.
+    """
+    if providers:
+        return build_adapters(settings, providers), {}
+    configured = configured_providers(settings)
+    unseen = {name: f"{env} not set" for name, (_, _, env) in sorted(PROVIDER_SETTINGS.items())
+              if name not in configured and at_stake(store, name)}
+    if not configured and not unseen:
+        build_adapters(settings, None)  # raises: no provider configured, naming the keys
+    return (build_adapters(settings, configured) if configured else []), unseen
+
+
+def why_unseen(exc: GpufsmError) -> str:
+    """Why a listing failed, short: ``401 API key was invalid [global/invalid-api-key]``
+    (the provider's name is already at the start of the line it goes in)."""
+    if isinstance(exc, ProviderError):
+        text = str(exc).removeprefix(f"{exc.provider}: ")
+        status = exc.status_code
+        return f"{status} {text}" if status and str(status) not in text else text
+    return str(exc)
+
+
+def blind_line(provider: str, why: str, stake: int, consequence: str) -> str:
+    """``lambda: could not list (401 …): 3 billable rows there not destroyed``."""
+    rows = f"{stake} billable row{'' if stake == 1 else 's'}"
+    return f"{provider}: could not list ({why}): {rows} there {consequence}"
+
+
+def billing_note(record: InstanceRecord) -> str:
+    """What a row means for the bill, and the command that ends it if it may bill."""
+    if record.billable and record.state is not InstanceState.TERMINATED:
+        return (f"row {record.id} is {record.state.value} and may bill: "
+                f"gpufsm terminate {record.id}")
+    return f"row {record.id} is {record.state.value} (not billable), nothing bills"
+
+
 def resolve_instance(store: SqlInstanceStore, given: str) -> InstanceRecord:
     """A row by full id, by the provider's own id, or by a unique prefix of our id.
 
     The tables print 8 characters of the id and the provider console prints its own id:
-    both should work. An ambiguous prefix is refused naming how many rows it matches
-    rather than picking one — the command may be ``terminate``.
+    both should work, in every command that takes ids. A provider id shared by several
+    rows (an instance that came back after its row was ended) means the live row.
+    Anything still ambiguous is refused, listing the candidates, rather than picking
+    one: the command may be ``terminate``.
     """
     try:
         return store.get(given)
     except InstanceNotFound:
         pass
+    if not given:
+        raise InstanceNotFound(given)
     rows = store.list()
     by_pid = [r for r in rows if r.provider_instance_id == given]
-    if len(by_pid) == 1:
-        return by_pid[0]
-    matches = [r for r in rows if r.id.startswith(given)] if given else []
+    live = [r for r in by_pid if r.state is not InstanceState.TERMINATED]
+    if len(by_pid) == 1 or len(live) == 1:
+        return by_pid[0] if len(by_pid) == 1 else live[0]
+    matches = by_pid or [r for r in rows if r.id.startswith(given)]
     if len(matches) == 1:
         return matches[0]
-    if len(matches) > 1 or len(by_pid) > 1:
-        n = max(len(matches), len(by_pid))
-        raise ValidationError("ID", f"{given!r} matches {n} instances; give more of the id",
-                              value=given)
+    if matches:
+        listed = "".join(f"\n  {r.id}  {r.name or '-'}  {r.provider}  {r.state.value}"
+                         for r in matches)
+        raise ValidationError("ID", f"{given!r} matches {len(matches)} instances; give more "
+                              f"of the id:{listed}", value=given)
     raise InstanceNotFound(given)
 
 
@@ -252,6 +395,8 @@ def build_spec(flags: SpecFlags) -> InstanceSpec:
     for key, flag in (("provider", "--provider"), ("instance_type", "--type")):
         if not data.get(key):
             raise ValidationError(flag, "required (as a flag or in the --spec file)")
+    if isinstance(data["provider"], str):
+        check_provider(data["provider"], field="--provider" if flags.provider else "provider")
     return parse_spec(data)
 
 

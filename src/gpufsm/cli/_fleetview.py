@@ -1,10 +1,15 @@
-"""``instances`` and ``types``: what we track, what the providers show, what they sell.
+"""``instances``, ``history`` and ``types``: what we track, what the providers show,
+what they sell.
 
 ``instances --remote`` puts the database beside each provider's own listing, because
 the two disagreeing is exactly when money leaks: an instance the provider shows that no
 row tracks bills with nobody watching it (``untracked``), and a live row whose instance
-the provider does not show (``missing``) is watched for nothing. A listing that fails
-says so (``?``) rather than reading as "nothing there".
+the provider does not show (``missing``) is watched for nothing. A provider that cannot
+be seen (its listing failed, or its key is not set while rows there may bill) says so,
+with how many rows there may bill, shows its rows as ``?`` and makes the exit status 1,
+rather than reading as "nothing there".
+
+These commands only read: a database that does not exist is refused, never created.
 """
 
 from __future__ import annotations
@@ -22,20 +27,25 @@ from gpufsm.adapters import InstanceTypeOffer, ProviderInstance
 from gpufsm.cli._common import (
     EXIT_FAILURE,
     EXIT_OK,
+    adapters_in_sight,
+    at_stake,
+    blind_line,
     close_adapters,
     error_line,
     handled,
     open_store,
+    resolve_instance,
     stdout,
+    why_unseen,
 )
 from gpufsm.cli._providers import build_adapters
 from gpufsm.config import Settings
 from gpufsm.errors import GpufsmError
 from gpufsm.machines import InstanceState
-from gpufsm.store import InstanceRecord
+from gpufsm.store import InstanceRecord, TransitionRecord
 
 __all__ = ["GONE", "MISSING", "UNKNOWN", "UNTRACKED", "RemoteRow", "format_age",
-           "list_instances", "list_types", "merge_remote", "record_json"]
+           "list_instances", "list_types", "merge_remote", "record_json", "show_history"]
 
 S = InstanceState
 
@@ -121,47 +131,88 @@ def merge_remote(records: Sequence[InstanceRecord],
 @handled
 def list_instances(*, database_url: str | None, provider: str | None, as_json: bool,
                    remote: bool) -> int:
-    with open_store(database_url) as store:
+    """The rows (exit 1 if there is no database); with ``remote`` beside the providers'
+    listings (exit 1 if a provider could not be seen while rows there may bill, or its
+    listing failed)."""
+    with open_store(database_url, existing=True) as store:
         records = store.list(provider=provider)
-    now = datetime.now(UTC)
-    if not remote:
-        if as_json:
-            sys.stdout.write(json.dumps([record_json(r, now) for r in records], indent=2)
-                             + "\n")
+        if not remote:
+            _print_local(records, as_json=as_json)
             return EXIT_OK
-        table = _table(remote=False)
-        for r in records:
-            table.add_row(*_local_cells(r, now))
-        stdout.print(table)
-        return EXIT_OK
+        adapters, unseen = adapters_in_sight(Settings(), store,
+                                             [provider] if provider else None)
+        listings: dict[str, Sequence[ProviderInstance] | None] = dict.fromkeys(unseen)
+        blind = dict(unseen)
+        try:
+            for adapter in adapters:
+                try:
+                    listings[adapter.name] = adapter.list_instances()
+                except GpufsmError as exc:
+                    listings[adapter.name] = None
+                    blind[adapter.name] = why_unseen(exc)
+        finally:
+            close_adapters(adapters)
+        for name, why in sorted(blind.items()):
+            error_line(blind_line(name, why, at_stake(store, name),
+                                  f"not checked (shown as '{UNKNOWN}')"))
+    _print_remote(merge_remote(records, listings), as_json=as_json)
+    return EXIT_FAILURE if blind else EXIT_OK
 
-    adapters = build_adapters(Settings(), [provider] if provider else None)
-    listings: dict[str, Sequence[ProviderInstance] | None] = {}
-    try:
-        for adapter in adapters:
-            try:
-                listings[adapter.name] = adapter.list_instances()
-            except GpufsmError as exc:
-                listings[adapter.name] = None
-                error_line(f"{adapter.name}: listing failed, its rows are shown as "
-                           f"'{UNKNOWN}': {exc}")
-    finally:
-        close_adapters(adapters)
-    rows = merge_remote(records, listings)
+
+def _print_local(records: Sequence[InstanceRecord], *, as_json: bool) -> None:
+    now = datetime.now(UTC)
+    if as_json:
+        sys.stdout.write(json.dumps([record_json(r, now) for r in records], indent=2) + "\n")
+        return
+    table = _table(remote=False)
+    for r in records:
+        table.add_row(*_local_cells(r, now))
+    stdout.print(table)
+
+
+def _print_remote(rows: Sequence[RemoteRow], *, as_json: bool) -> None:
+    now = datetime.now(UTC)
     if as_json:
         sys.stdout.write(json.dumps([_row_json(row, now) for row in rows], indent=2) + "\n")
-    else:
-        table = _table(remote=True)
-        for row in rows:
-            table.add_row(*_remote_cells(row, now))
-        stdout.print(table)
-        untracked = sum(row.untracked for row in rows)
-        missing = sum(row.remote_status == MISSING for row in rows)
-        if untracked or missing:
-            stdout.print(f"{untracked} untracked on the providers, {missing} rows missing "
-                         "there; `gpufsm reconcile --once` reports them, "
-                         "`--orphans adopt` takes ours in", highlight=False)
-    return EXIT_FAILURE if any(v is None for v in listings.values()) else EXIT_OK
+        return
+    table = _table(remote=True)
+    for row in rows:
+        table.add_row(*_remote_cells(row, now))
+    stdout.print(table)
+    untracked = sum(row.untracked for row in rows)
+    missing = sum(row.remote_status == MISSING for row in rows)
+    if untracked or missing:
+        stdout.print(f"{untracked} untracked on the providers, {missing} rows missing "
+                     "there; `gpufsm reconcile --once` reports them, "
+                     "`--orphans adopt` takes ours in", highlight=False)
+
+
+@handled
+def show_history(given: str, *, database_url: str | None, as_json: bool) -> int:
+    """One instance's transitions; the id is taken as every command takes it."""
+    with open_store(database_url, existing=True) as store:
+        record = resolve_instance(store, given)
+        rows = store.history(record.id)
+    if as_json:
+        sys.stdout.write(json.dumps([{
+            "version": h.version, "at": h.at.isoformat(),
+            "from": h.from_state.value if h.from_state else None, "to": h.to_state.value,
+            "event": h.event.value, "kind": h.kind.value, "actor": h.actor, "reason": h.reason,
+            "raw_status": h.raw_status} for h in rows], indent=2) + "\n")
+        return EXIT_OK
+    stdout.print(_history_table(record.id, rows))
+    return EXIT_OK
+
+
+def _history_table(instance_id: str, rows: Sequence[TransitionRecord]) -> Table:
+    table = Table("v", "at", "from", "to", "event", "kind", "actor", "raw", "reason",
+                  title=f"history of {instance_id}")
+    for h in rows:
+        table.add_row(str(h.version), h.at.strftime("%H:%M:%S"),
+                      h.from_state.value if h.from_state else "", h.to_state.value,
+                      h.event.value, h.kind.value, escape(h.actor), escape(h.raw_status or ""),
+                      escape(h.reason or ""))
+    return table
 
 
 def _table(*, remote: bool) -> Table:

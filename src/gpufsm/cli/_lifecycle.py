@@ -16,13 +16,20 @@ from contextlib import nullcontext
 from rich.console import Console
 from rich.markup import escape
 
+from gpufsm.adapters import adapter_class
 from gpufsm.cli._common import (
     EXIT_FAILURE,
     EXIT_OK,
     EXIT_USAGE,
     SpecFlags,
     WaitProgress,
+    adapters_in_sight,
+    at_stake,
+    billing_note,
+    blind_line,
     build_spec,
+    cli_actor,
+    close_adapters,
     error_line,
     handled,
     open_fleet,
@@ -30,12 +37,23 @@ from gpufsm.cli._common import (
     resolve_instance,
     stderr,
     stdout,
+    why_unseen,
 )
-from gpufsm.errors import GpufsmError, ProviderError, ValidationError, VersionConflict
+from gpufsm.clock import Clock, SystemClock
+from gpufsm.config import Settings
+from gpufsm.errors import (
+    GpufsmError,
+    ProviderError,
+    StoreError,
+    TemporaryProviderError,
+    ValidationError,
+    VersionConflict,
+)
 from gpufsm.fleet import Fleet
-from gpufsm.machines import InstanceState
-from gpufsm.reconcile import destroy_all
-from gpufsm.store import InstanceRecord
+from gpufsm.machines import Event, InstanceState
+from gpufsm.notify import TransitionEvent
+from gpufsm.reconcile import DestroyTarget, destroy_all, destroy_targets
+from gpufsm.store import InstanceRecord, SqlInstanceStore
 
 __all__ = ["COMMAND_TARGETS", "destroy_everything", "instance_command", "launch_instance",
            "rename_instance"]
@@ -58,22 +76,69 @@ def _wait(fleet: Fleet, record: InstanceRecord, target: InstanceState, *, timeou
                               poll_interval=poll_interval, on_progress=progress)
 
 
+class _Heard:
+    """The transitions one command commits, as the engine announces them (after each
+    commit). What a command prints comes from here, not from a row read before it ran:
+    another process may have moved the row in between, and the table must not claim a
+    transition this command did not make."""
+
+    def __init__(self, fleet: Fleet, instance_id: str | None = None) -> None:
+        self.events: list[TransitionEvent] = []
+        self._id = instance_id
+        self._unsubscribe = fleet.subscribe(self._hear)
+
+    def _hear(self, event: TransitionEvent) -> None:
+        if self._id is None or event.instance_id == self._id:
+            self.events.append(event)
+
+    def first(self, event: Event) -> TransitionEvent | None:
+        return next((e for e in self.events if e.event is event), None)
+
+    def close(self) -> None:
+        self._unsubscribe()
+
+
 @handled
 def launch_instance(flags: SpecFlags, *, database_url: str | None, wait: bool,
                     timeout: float, poll_interval: float) -> int:
-    """Launch one instance; print its id on stdout (and only that)."""
+    """Launch one instance; print its id on stdout (and only that).
+
+    Whatever way it ends, a row that was written is accounted for on stderr: FAILED and
+    not billable, or "may bill" with the command that ends it. That includes Ctrl-C
+    while the launch request is in flight (the row id comes from the engine's launch
+    announcement, made once the row is committed and before the provider is called).
+    """
     spec = build_spec(flags)
     with open_store(database_url) as store, open_fleet(store, [spec.provider]) as fleet:
+        heard = _Heard(fleet)
         try:
             record = fleet.launch(spec, reason="gpufsm launch")
+        except KeyboardInterrupt:
+            written = heard.first(Event.LAUNCH)
+            if written is None:
+                stderr.print("interrupted before the launch was recorded or sent",
+                             highlight=False)
+            else:
+                stderr.print(f"interrupted during the launch call: "
+                             f"{billing_note(fleet.get(written.instance_id))}",
+                             highlight=False)
+            return 130
         except ProviderError as exc:
             error_line(exc)
             if exc.instance_id is not None:
                 left = fleet.get(exc.instance_id)
-                bills = "and may bill" if left.billable else "not billable"
-                stderr.print(f"row {left.id} is {left.state.value} ({bills}); "
-                             f"see: gpufsm history {left.id[:8]}", highlight=False)
+                never_sent = isinstance(exc, TemporaryProviderError) and exc.not_sent
+                stderr.print(("nothing was sent; " if never_sent and not left.billable
+                              else "") + billing_note(left), highlight=False)
             return EXIT_FAILURE
+        except StoreError as exc:
+            if heard.first(Event.LAUNCH) is not None:
+                raise
+            error_line(f"could not record the new instance, so nothing was sent to "
+                       f"{spec.provider}: {exc}")
+            return EXIT_FAILURE
+        finally:
+            heard.close()
         stderr.print(f"launched {record.id} on {record.provider} "
                      f"(provider id {record.provider_instance_id or 'not yet known'}, "
                      f"{record.state.value})", highlight=False)
@@ -85,13 +150,13 @@ def launch_instance(flags: SpecFlags, *, database_url: str | None, wait: bool,
             record = _wait(fleet, record, S.RUNNING, timeout=timeout,
                            poll_interval=poll_interval)
         except KeyboardInterrupt:
-            stderr.print(f"interrupted: {record.id} was launched and may bill; "
-                         f"gpufsm terminate {record.id[:8]}", highlight=False)
+            stderr.print(f"interrupted: {billing_note(fleet.get(record.id))}",
+                         highlight=False)
             return 130
         except GpufsmError as exc:
             error_line(exc)
-            stderr.print(f"the instance was not terminated; to stop paying: "
-                         f"gpufsm terminate {record.id[:8]}", highlight=False)
+            stderr.print(f"not terminated: {billing_note(fleet.get(record.id))}",
+                         highlight=False)
             return EXIT_FAILURE
         stderr.print(f"{record.id[:8]} RUNNING at {record.ip or '(no ip reported)'}",
                      highlight=False)
@@ -104,8 +169,9 @@ def instance_command(verb: str, ids: Sequence[str], *, database_url: str | None,
                      poll_interval: float = 5.0) -> int:
     """``verb`` (start, stop, restart, terminate) on every id, past individual failures.
 
-    One line per id on stdout: ``<id8>  RUNNING → TERMINATING`` or ``<id>  error: …``.
-    Exit 1 if any id failed, naming how many on stderr.
+    One line per id on stdout: ``<id8>  RUNNING → TERMINATING`` (the transition this
+    command made: ``TERMINATING → TERMINATING (re-issued)`` when another terminate got
+    there first) or ``<id>  error: …``. Exit 1 if any id failed, naming how many.
     """
     if verb not in COMMAND_TARGETS:
         raise ValueError(f"unknown command {verb!r}")
@@ -140,13 +206,17 @@ def instance_command(verb: str, ids: Sequence[str], *, database_url: str | None,
 def _command_one(fleet: Fleet, verb: str, record: InstanceRecord, *, wait: bool,
                  timeout: float, poll_interval: float) -> bool:
     label = record.id[:8]
+    heard = _Heard(fleet, record.id)
     try:
-        if verb == "terminate" and record.state is S.TERMINATED:
-            _line(label, "already TERMINATED")
-            return True
         command: Callable[..., InstanceRecord] = getattr(fleet, verb)
         after = command(record.id, reason=f"gpufsm {verb}")
-        _line(label, f"{record.state.value} → {after.state.value}")
+        made = heard.first(Event(verb))
+        if made is None:  # nothing to do: terminate of a row that is TERMINATED by now
+            _line(label, f"already {after.state.value}")
+            return True
+        before = made.from_state.value if made.from_state else "(new)"
+        again = " (re-issued)" if made.from_state is made.to_state else ""
+        _line(label, f"{before} → {after.state.value}{again}")
         if wait and after.state is not COMMAND_TARGETS[verb]:
             after = _wait(fleet, after, COMMAND_TARGETS[verb], timeout=timeout,
                           poll_interval=poll_interval)
@@ -154,6 +224,8 @@ def _command_one(fleet: Fleet, verb: str, record: InstanceRecord, *, wait: bool,
     except GpufsmError as exc:
         _line(label, f"[red]error:[/red] {escape(str(exc))}")
         return False
+    finally:
+        heard.close()
     return True
 
 
@@ -161,43 +233,67 @@ def _line(label: str, text: str) -> None:
     stdout.print(f"{escape(label)}  {text}", highlight=False, soft_wrap=True)
 
 
+def _can_rename(provider: str) -> bool:
+    """Whether the provider's adapter can rename an instance (Lambda can; Vast.ai,
+    Novita and RunPod have no rename call)."""
+    try:
+        return hasattr(adapter_class(provider), "rename")
+    except ValueError:  # a provider this gpufsm does not know: nothing to call
+        return False
+
+
 @handled
 def rename_instance(given: str, name: str, *, database_url: str | None) -> int:
-    """Rename on the provider (where it can) and in the row.
+    """Rename in the row, and on the provider where it can rename.
 
     The provider gets ``<tag>/<name>``, as at launch, so the name keeps saying whose
-    instance it is on providers that read ownership from names.
+    instance it is on providers that read ownership from names. Where the provider
+    cannot rename, the row is renamed and the line says the provider keeps its name
+    (and needs no API key: nothing is called).
     """
     if not name.strip():
         raise ValidationError("NAME", "must not be empty")
     with open_store(database_url) as store:
         record = resolve_instance(store, given)
+        if record.state in (S.TERMINATING, S.TERMINATED):
+            error_line(f"{record.id[:8]} is {record.state.value}: nothing to rename")
+            return EXIT_FAILURE
+        if not _can_rename(record.provider):
+            if _rename_row(store, record, name, SystemClock()) is None:
+                error_line("the row kept changing and still has the old name: run rename "
+                           "again")
+                return EXIT_FAILURE
+            stdout.print(f"{escape(record.id[:8])}  renamed to {escape(name)} in the "
+                         f"database only: {record.provider} cannot rename instances, so it "
+                         "keeps the name it was launched with", highlight=False,
+                         soft_wrap=True)
+            return EXIT_OK
         with open_fleet(store, [record.provider]) as fleet:
-            rename = getattr(fleet.adapters[record.provider], "rename", None)
-            if rename is None:
-                error_line(f"rename is not supported by {record.provider}")
-                return EXIT_FAILURE
-            if record.state in (S.TERMINATING, S.TERMINATED):
-                error_line(f"{record.id[:8]} is {record.state.value}: nothing to rename")
-                return EXIT_FAILURE
             if record.provider_instance_id is None:
                 error_line(f"{record.id[:8]} has no provider id yet ({record.state.value}); "
                            "try again once it is CREATED")
                 return EXIT_FAILURE
+            rename = getattr(fleet.adapters[record.provider], "rename")  # noqa: B009
             rename(record.provider_instance_id, f"{record.tag}/{name}")
-            for _ in range(3):  # a reconciler may move the row meanwhile: re-read
-                try:
-                    store.update(record.id, expected_version=record.version,
-                                 at=fleet.clock.now(), changes={"name": name})
-                    break
-                except VersionConflict:
-                    record = store.get(record.id)
-            else:
+            if _rename_row(store, record, name, fleet.clock) is None:
                 error_line(f"renamed on {record.provider}, but the row kept changing "
                            "and still has the old name: run rename again")
                 return EXIT_FAILURE
     stdout.print(f"{escape(record.id[:8])}  renamed to {escape(name)}", highlight=False)
     return EXIT_OK
+
+
+def _rename_row(store: SqlInstanceStore, record: InstanceRecord, name: str,
+                clock: Clock) -> InstanceRecord | None:
+    """Write the new name; None if the row kept moving (a reconciler may move it
+    between our read and our write: re-read and try again, three times)."""
+    for _ in range(3):
+        try:
+            return store.update(record.id, expected_version=record.version, at=clock.now(),
+                                changes={"name": name})
+        except VersionConflict:
+            record = store.get(record.id)
+    return None
 
 
 def _stdin_is_tty() -> bool:
@@ -209,44 +305,79 @@ def destroy_everything(providers: Sequence[str] | None, *, yes: bool,
                        database_url: str | None, console: Console | None = None) -> int:
     """Terminate every instance carrying our tag on the providers, from their listings.
 
-    Asks first unless ``yes``; with no terminal to ask on, refuses (exit 2) rather
-    than guess. One line per instance, then ``Destroyed k/n``; exit 1 unless k == n
-    and every listing answered.
+    Lists first; unless ``yes``, shows what it is about to destroy (our id, name,
+    provider, provider id, $/h) and asks, and with no terminal to ask on refuses
+    (exit 2) rather than guess. One line per instance, then any provider it could not
+    see (no key, a refused or failed listing) with the rows there that may bill, then
+    ``Destroyed k/n``. Exit 1 unless k == n and every provider was seen.
     """
     out = console or stdout
-    with open_store(database_url) as store, open_fleet(store, providers or None) as fleet:
-        names = sorted(fleet.adapters)
-        if not yes:
-            if not _stdin_is_tty():
-                error_line("destroy-all asks for confirmation and there is no terminal "
-                           "to ask on: pass --yes to confirm")
-                return EXIT_USAGE
-            import typer
-
-            if not typer.confirm(f"Terminate every instance gpufsm launched on "
-                                 f"{', '.join(names)}?", default=False, err=True):
+    if not yes and not _stdin_is_tty():
+        error_line("destroy-all asks for confirmation and there is no terminal "
+                   "to ask on: pass --yes to confirm")
+        return EXIT_USAGE
+    with open_store(database_url) as store:
+        adapters, unseen = adapters_in_sight(Settings(), store, providers)
+        try:
+            fleet = Fleet(store, adapters, actor=cli_actor())
+            blind = dict(unseen)  # provider → why it could not be seen
+            plans: dict[str, list[DestroyTarget]] = {}
+            for provider in sorted(fleet.adapters):
+                try:
+                    plans[provider] = destroy_targets(fleet, provider)
+                except GpufsmError as exc:
+                    blind[provider] = why_unseen(exc)
+            targets = [t for provider in sorted(plans) for t in plans[provider]]
+            if targets and not yes and not _confirm(store, targets, blind):
                 stderr.print("nothing done")
                 return EXIT_FAILURE
-        total = destroyed = 0
-        blind: list[str] = []
-        for provider in names:
-            def show(pid: str, error: str | None, provider: str = provider) -> None:
-                outcome = ("terminating" if error is None
-                           else f"[red]failed:[/red] {escape(error)}")
-                out.print(f"{provider}  {escape(pid)}  {outcome}", highlight=False,
-                          soft_wrap=True)
-
-            try:
+            total = destroyed = 0
+            for provider in sorted(plans):
                 result = destroy_all(fleet, provider, reason="gpufsm destroy-all",
-                                     on_each=show)
-            except GpufsmError as exc:
-                blind.append(provider)
-                error_line(f"{provider}: cannot list the instances, nothing done there: "
-                           f"{exc}")
-                continue
-            total += result.total
-            destroyed += result.destroyed
-        out.print(f"Destroyed {destroyed}/{total}", highlight=False)
-        if blind:
-            error_line(f"not known for {', '.join(blind)}: their listing failed")
+                                     targets=plans[provider],
+                                     on_each=_destroyed_line(store, provider, out))
+                total += result.total
+                destroyed += result.destroyed
+            for provider, why in sorted(blind.items()):
+                error_line(blind_line(provider, why, at_stake(store, provider),
+                                      "not destroyed"))
+            out.print(f"Destroyed {destroyed}/{total}", highlight=False)
+        finally:
+            close_adapters(adapters)
     return EXIT_OK if destroyed == total and not blind else EXIT_FAILURE
+
+
+def _confirm(store: SqlInstanceStore, targets: Sequence[DestroyTarget],
+             blind: dict[str, str]) -> bool:
+    """Show what is about to be destroyed (and what cannot be seen), then ask."""
+    import typer
+
+    stderr.print("about to terminate (our id, name, provider, provider id, $/h):",
+                 highlight=False)
+    for t in targets:
+        price = f"{t.price_per_hour:.2f}" if t.price_per_hour is not None else "?"
+        stderr.print(f"  {t.row_id[:8] if t.row_id else '(no row)'}  {escape(t.name or '-')}"
+                     f"  {t.provider}  {escape(t.provider_instance_id)}  {price}",
+                     highlight=False)
+    for provider, why in sorted(blind.items()):
+        error_line(blind_line(provider, why, at_stake(store, provider),
+                              "cannot be destroyed now"))
+    providers = sorted({t.provider for t in targets})
+    n = len(targets)
+    return typer.confirm(f"Terminate these {n} instance{'' if n == 1 else 's'} on "
+                         f"{', '.join(providers)}?", default=False, err=True)
+
+
+def _destroyed_line(store: SqlInstanceStore, provider: str, out: Console
+                    ) -> Callable[[str, str | None], None]:
+    """One line per instance: our id and name, the provider's id, what happened."""
+
+    def show(pid: str, error: str | None) -> None:
+        row = store.find(provider, provider_instance_id=pid)  # adopted ones have one now
+        ours = row.id[:8] if row else "(no row)"
+        name = (row.name if row else None) or "-"
+        outcome = "terminating" if error is None else f"[red]failed:[/red] {escape(error)}"
+        out.print(f"{ours}  {escape(name)}  {provider}  {escape(pid)}  {outcome}",
+                  highlight=False, soft_wrap=True)
+
+    return show

@@ -50,7 +50,8 @@ from gpufsm.cli._providers import build_adapters
 from gpufsm.config import Settings
 from gpufsm.errors import GpufsmError, ProviderError, ValidationError
 from gpufsm.fleet import Fleet
-from gpufsm.machines import InstanceState
+from gpufsm.machines import Event, InstanceState
+from gpufsm.notify import TransitionEvent
 from gpufsm.store import InstanceRecord
 
 __all__ = [
@@ -304,6 +305,9 @@ def _download(target: SshTarget, item: Download, remote_dir: str) -> bool:
 
 def _check_local(options: RunOptions) -> None:
     """Everything that can be checked before paying for a machine."""
+    if not options.commands and options.upload is None and not options.downloads:
+        raise ValidationError("--command", "nothing to run: give -c/--command, --upload or "
+                              "--download (run launches a paid machine to do them)")
     if options.upload is not None and not options.upload.is_dir():
         raise ValidationError("--upload", "not a directory", value=str(options.upload))
     if options.transfer not in ("scp", "rsync"):
@@ -358,20 +362,29 @@ def run_job(flags: SpecFlags, options: RunOptions, *, database_url: str | None) 
     try:
         with open_store(database_url) as store, Interrupts() as interrupts:
             fleet = Fleet(store, adapters, actor=cli_actor())
+            launched: list[str] = []
+
+            def hear(event: TransitionEvent) -> None:
+                # The row id as soon as the row is committed, before the provider call:
+                # whatever interrupts the launch, the ``finally`` knows what to end.
+                if event.event is Event.LAUNCH and not launched:
+                    launched.append(event.instance_id)
+
+            unsubscribe = fleet.subscribe(hear)
             try:
                 with interrupts.shielded():
                     try:
                         record = fleet.launch(spec, reason="gpufsm run")
-                    except ProviderError as exc:
-                        row_id = exc.instance_id
-                        raise
-                    row_id = record.id
+                    finally:
+                        row_id = launched[0] if launched else None
+                        unsubscribe()
                 stderr.print(f"launched {record.id} on {record.provider} "
                              f"({spec.instance_type})", highlight=False)
                 code = _job(fleet, record, spec.provider, options)
             except KeyboardInterrupt:
                 name = signal.Signals(interrupts.signum or signal.SIGINT).name
-                error_line(f"interrupted ({name}): terminating the instance")
+                error_line(f"interrupted ({name}): terminating the instance" if row_id
+                           else f"interrupted ({name}) before anything was launched")
                 code = interrupts.exit_code
             except StepFailed as exc:
                 error_line(exc)

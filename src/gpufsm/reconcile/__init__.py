@@ -6,7 +6,7 @@ commands and observations a user's would, with the same guards and history.
 
 from gpufsm.reconcile._config import DEFAULT_DEADLINES, OrphanPolicy, ReconcileConfig
 from gpufsm.reconcile._daemon import run_forever
-from gpufsm.reconcile._destroy import DestroyResult, destroy_all
+from gpufsm.reconcile._destroy import DestroyResult, DestroyTarget, destroy_all, destroy_targets
 from gpufsm.reconcile._pass import Reconciler
 from gpufsm.reconcile._policy import (
     Action,
@@ -24,6 +24,7 @@ __all__ = [
     "Action",
     "Change",
     "DestroyResult",
+    "DestroyTarget",
     "OrphanPolicy",
     "PassReport",
     "Policy",
@@ -32,6 +33,7 @@ __all__ = [
     "Reconciler",
     "Snapshot",
     "destroy_all",
+    "destroy_targets",
     "hourly_budget",
     "idle_timeout",
     "insufficient_credit_emergency",
