@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 from gpufsm import Fleet, InstanceState, SqlInstanceStore
 from gpufsm.adapters import adapter_class
 from gpufsm.cli import app
+from gpufsm.fleet import DEFAULT_VISIBILITY_WINDOW
 from gpufsm.testing import FakeClock, SimulatedCloud
 from gpufsm.testing.emulators import EmulatorServer, make_dialect
 
@@ -37,6 +38,7 @@ def planted(tmp_path: Path) -> Iterator[tuple[str, EmulatorServer, list[str]]]:
     ids = [fleet.launch({**spec, "name": f"w{n}"}).id for n in range(3)]
     for i in ids:
         fleet.wait_for(i, S.RUNNING, timeout=900)
+    clock.advance(DEFAULT_VISIBILITY_WINDOW)  # past it, Lambda's not-found is believed
     cloud.kill(fleet.get(ids[0]).provider_instance_id or "")
     cloud.vanish(fleet.get(ids[1]).provider_instance_id or "")
     cloud.spawn_untracked("gpufsm-0rphan0000000000")

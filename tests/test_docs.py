@@ -1,4 +1,4 @@
-"""Every ```python block in docs/ runs, in order per file, in a fresh namespace."""
+"""Every ```python block in docs/ runs, in order per page, twice in one directory."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ import re
 from pathlib import Path
 
 import pytest
+
+from snippets import check, execute, snippets
 
 DOCS = Path(__file__).parents[1] / "docs"
 PAGES = sorted(DOCS.glob("*.md"))
@@ -16,10 +18,17 @@ def test_there_are_docs() -> None:
 
 
 @pytest.mark.parametrize("page", PAGES, ids=[p.name for p in PAGES])
-def test_examples_run(page: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_examples_run_twice(page: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                            capsys: pytest.CaptureFixture[str]) -> None:
+    """A reader runs an example, then runs it again: the second run must not meet the
+    first one's leftovers (a fixed SQLite file name met a UNIQUE constraint), and each
+    run prints what the page's comments say."""
     monkeypatch.chdir(tmp_path)
-    for n, block in enumerate(re.findall(r"```python\n(.*?)```", page.read_text(), re.S)):
-        exec(compile(block, f"{page.name}[block {n}]", "exec"), {"__name__": "docs"})
+    blocks = snippets(page)
+    for _ in range(2):
+        for block in blocks:
+            execute(block)
+            check(block, capsys.readouterr().out)
 
 
 def test_the_concepts_diagram_is_the_table() -> None:

@@ -2,10 +2,15 @@
 
 Everything a user would run is real here: the Lambda adapter speaks HTTP to a
 Lambda-dialect emulator on loopback, through the one HTTP seam (rate limits, retries,
-breaker); the rows live in SQLite (a separate ``gpufsm-demo.db``); the reconciler is
-the one ``gpufsm reconcile`` runs. Only the cloud behind the emulator is simulated,
-and one FakeClock drives it, the seam's sleeps and the fleet's polls, so minutes of
-provider time pass in a few seconds and the run replays for a given seed.
+breaker); the rows live in SQLite (a file in a temporary folder, removed at the end,
+unless ``--database-url`` says where); the reconciler is the one ``gpufsm reconcile``
+runs. Only the cloud behind the emulator is simulated, and one FakeClock drives it, the
+seam's sleeps and the fleet's polls, so minutes of provider time pass in a few seconds.
+
+A seed replays the same run: the simulated cloud and every process's retry jitter draw
+from it, the clock is fake, and the reconciler's changes are printed in launch order
+(a pass visits rows in id order, and ids are random). Only the row ids, the emulator's
+port and the wall time differ between two runs with one seed.
 
 The faults are the ones that cost money when handled naively: 429s with and without
 Retry-After and 5xx answers (retried), a capacity refusal, a launch whose answer is lost
@@ -20,8 +25,10 @@ finished, and the emulator holds no instance. Any failing makes the exit status 
 from __future__ import annotations
 
 import logging
+import random
 import re
 import secrets
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
@@ -38,7 +45,6 @@ from rich.table import Table
 
 from gpufsm.adapters import RateLimit, RetryPolicy
 from gpufsm.adapters.lambda_cloud import LambdaCloudAdapter
-from gpufsm.config import default_database_url
 from gpufsm.errors import GpufsmError, InsufficientCapacity, ProviderError
 from gpufsm.fleet import Fleet
 from gpufsm.machines import Capabilities, Event, InstanceState
@@ -48,8 +54,7 @@ from gpufsm.testing import FakeClock, SimInstance, SimulatedCloud, check_invaria
 from gpufsm.testing.emulators import EmulatorServer, HttpFault, make_dialect
 from gpufsm.testing.emulators.lambda_cloud import LAMBDA_PHASE_WORDS
 
-__all__ = ["DEMO_RATE_LIMITS", "DEMO_RETRY", "demo_database_url", "history_lines",
-           "run_demo"]
+__all__ = ["DEMO_RATE_LIMITS", "DEMO_RETRY", "history_lines", "run_demo"]
 
 S = InstanceState
 
@@ -77,20 +82,16 @@ _POLL = 5.0  # seconds (simulated) between the scheduler's polls and reconcile p
 _PASS_LIMIT = 60  # reconcile passes per phase before the demo gives up (and fails)
 _RESTART_AFTER = 5.0  # seconds (simulated) until a supervisor restarts the killed daemon
 _PACE = 0.04  # seconds (real) per live-table update, only on a terminal, so eyes can follow
+_IDLE = 3600.0  # seconds (simulated) the emulator is left alone before the final look
 _RETRY_LOG = re.compile(r"^\S+ \S+: retry \d+ after \w+$")  # HttpSeam's before_sleep line
 
 
-def demo_database_url() -> str:
-    """A fresh SQLite file beside the embedded default, so real rows are never touched."""
-    default = Path(default_database_url().removeprefix("sqlite:///"))
-    return f"sqlite:///{default.with_name('gpufsm-demo.db')}"
-
-
-def _fresh(url: str) -> None:
-    if url.startswith("sqlite:///"):
-        path = Path(url.removeprefix("sqlite:///"))
-        for suffix in ("", "-wal", "-shm"):
-            path.with_name(path.name + suffix).unlink(missing_ok=True)
+def _daemon_lock_file(url: str) -> Path | None:
+    """The file ``SqlInstanceStore.daemon_lock`` keeps beside an SQLite database."""
+    if not url.startswith("sqlite:///"):
+        return None
+    database = Path(url.removeprefix("sqlite:///").split("?", 1)[0])
+    return database.with_name(database.name + ".daemon.lock")
 
 
 def history_lines(rows: list[TransitionRecord]) -> list[str]:
@@ -202,6 +203,7 @@ class _Demo:
     def __init__(self, instances: int, seed: int, url: str, console: Console,
                  quiet: bool) -> None:
         self.n = instances
+        self.seed = seed
         self.url = url
         self.console = console
         self.quiet = quiet
@@ -226,8 +228,7 @@ class _Demo:
         self.passes = 0
         self.faults: list[_Fault] = []
         self.ids: dict[str, str] = {}  # name → row id, in launch order
-        self.phase = ""
-        self.work_time = 0.0  # simulated seconds until everything was confirmed gone
+        self.work_time: float | None = None  # simulated s until all was confirmed gone
         self._live: Live | None = None
 
     # ---- output ------------------------------------------------------------------------
@@ -258,25 +259,33 @@ class _Demo:
         word = inst.raw_override or LAMBDA_PHASE_WORDS.get(inst.phase, inst.phase)
         return word if r.provider_instance_id else f"{word} (by tag)"
 
+    def simulated_time(self) -> str:
+        """Simulated time so far; once the work is done, that time and the idle hour
+        after it, so the last table and the summary give the same figure."""
+        if self.work_time is None:
+            return f"{self.clock.monotonic():.0f}s"
+        return f"{self.work_time:.0f}s, then {_IDLE / 3600:.0f} h idle"
+
     def board(self) -> Table:
         """The rows as the database has them, beside what the emulator says."""
-        table = Table("id", "name", "state", "lambda id", "emulator", "bills",
-                      title=self.phase, title_justify="left")
+        table = Table("id", "name", "state", "lambda id", "emulator", "bills")
         for r in self._rows():
             name, state = self.name_of(r.id), r.state.value
             if r.state in (S.CREATING, S.TERMINATING, S.FAILED):
                 state = f"[yellow]{state}[/yellow]"
             table.add_row(r.id[:8], name, state, r.provider_instance_id or "-",
                           self._emulator_word(r), "yes" if r.billable else "no")
-        table.caption = (f"t+{self.clock.monotonic():.0f}s simulated · "
+        table.caption = (f"simulated t+{self.simulated_time()} · "
                          f"{self.api_calls()} API calls, {self.tap.retries} retried · "
                          f"{self.passes} reconcile passes")
         return table
 
     @contextmanager
     def stage(self, title: str) -> Iterator[None]:
-        """One phase: a live table on a terminal, else one plain snapshot at its end."""
-        self.phase = title
+        """One phase: a live table on a terminal, else one plain snapshot at its end.
+
+        The title is printed once, above; the table has none of its own.
+        """
         self.say(f"\n[bold]{title}[/bold]")
         if not self.live_table:
             yield
@@ -307,9 +316,10 @@ class _Demo:
 
     def _process(self, name: str, *, daemon: bool) -> _Process:
         store = SqlInstanceStore(self.url)
+        # Retry jitter from the seed, one stream per process: same seed, same run.
         adapter = _KillableLambda(self._key, base_url=self.server.url,
                                   rate_limits=DEMO_RATE_LIMITS, retry=DEMO_RETRY,
-                                  clock=self.clock)
+                                  clock=self.clock, rng=random.Random(f"{self.seed}:{name}"))
         fleet = Fleet(store, [adapter], clock=self.clock, actor=name)
         process = _Process(name, store, adapter, fleet)
         self.processes.append(process)
@@ -343,7 +353,9 @@ class _Demo:
         assert self.daemon is not None and self.daemon.reconciler is not None
         report = self.daemon.reconciler.run_once()
         self.passes += 1
-        for c in report.changes:
+        order = {instance_id: n for n, instance_id in enumerate(self.ids.values())}
+        # sorted() is stable: one row's changes keep their order within the pass
+        for c in sorted(report.changes, key=lambda c: order.get(c.instance_id, len(order))):
             why = f" — {escape(c.why)}" if c.why else ""
             self.say(f"    {self.daemon.name}: {self.name_of(c.instance_id)} "
                      f"{c.from_state or '(new)'} → {c.to_state} ({c.event}){why}")
@@ -536,7 +548,7 @@ class _Demo:
         self._reconcile_until(lambda rows: all(r.state is S.TERMINATED for r in rows))
         self.work_time = self.clock.monotonic()
         # An hour later Lambda lists nothing we made: anything still there would bill.
-        self.cloud.settle()
+        self.cloud.settle(_IDLE)
         self.say("  an hour later (simulated) the emulator is asked what is left")
         self.update()
 
@@ -570,7 +582,7 @@ class _Demo:
         table.add_row("  retried by the seam", str(self.tap.retries))
         table.add_row("reconcile passes", str(self.passes))
         table.add_row("reconciler restarts", str(max(0, self.generation - 1)))
-        table.add_row("simulated time", f"{self.work_time:.0f}s")
+        table.add_row("simulated time", self.simulated_time())
         table.add_row("wall time", f"{time.perf_counter() - self.started:.1f}s")
         table.add_row("rows not terminated", str(len(open_rows)))
         table.add_row("invariants broken", str(len(problems)))
@@ -589,10 +601,11 @@ class _Demo:
         self.console.print("[green]OK[/green]" if ok else "[red]FAILED[/red]")
         return ok
 
-    def run(self) -> bool:
-        self.say(f"[bold]gpufsm demo[/bold]: {self.n} instances through the real Lambda "
-                 f"adapter, over HTTP to a Lambda-dialect emulator at {self.server.url}; "
-                 f"database {self.url}")
+    def run(self, where: str) -> bool:
+        self.say(f"[bold]gpufsm demo[/bold]: {self.n + 2} instances ({self.n} workers, a "
+                 "big job that is refused, and one more worker whose launch ends in doubt) "
+                 "through the real Lambda adapter, over HTTP to a Lambda-dialect emulator "
+                 f"at {self.server.url}; {where}")
         with self.stage("1. launch: a capacity refusal, then 429s with Retry-After"):
             self.launch()
         with self.stage("2. boot: 429 without Retry-After, 503, 502 — retried"):
@@ -618,17 +631,29 @@ class _Demo:
 def run_demo(*, instances: int, seed: int, database_url: str | None, console: Console,
              quiet: bool = False) -> bool:
     """Run the demo; True when every invariant held, every fault was survived and
-    nothing was left on the emulator."""
-    url = database_url or demo_database_url()
-    if database_url is None:
-        _fresh(url)
-    demo = _Demo(instances, seed, url, console, quiet)
-    demo.server.start()
-    try:
-        with demo.tap.installed():
-            return demo.run()
-    except GpufsmError as exc:
-        console.print(f"[red]demo failed:[/red] {exc}")
-        return False
-    finally:
-        demo.close()
+    nothing was left on the emulator.
+
+    Without ``database_url`` the rows live in a temporary folder that is removed at the
+    end. With one, the rows stay there; the daemon lock file the demo's reconcilers
+    create beside an SQLite file is removed again if it was not there before.
+    """
+    with ExitStack() as cleanup:
+        if database_url is None:
+            folder = cleanup.enter_context(tempfile.TemporaryDirectory(prefix="gpufsm-demo-"))
+            url = f"sqlite:///{Path(folder) / 'demo.db'}"
+            where = "database: a temporary SQLite file, removed at the end"
+        else:
+            url, where = database_url, f"database {database_url}"
+            lock = _daemon_lock_file(url)
+            if lock is not None and not lock.exists():
+                cleanup.callback(lock.unlink, missing_ok=True)
+        demo = _Demo(instances, seed, url, console, quiet)
+        demo.server.start()
+        try:
+            with demo.tap.installed():
+                return demo.run(where)
+        except GpufsmError as exc:
+            console.print(f"[red]demo failed:[/red] {exc}")
+            return False
+        finally:
+            demo.close()

@@ -8,6 +8,10 @@ faults at run time. By default time is real and the timings short (an instance b
 seconds, not minutes) so a person can watch it happen; ``--fake-clock`` stops time until
 the admin API moves it, for scripted tests.
 
+The banner prints the ``export`` line the CLI needs (the dialect's base URL variable and
+key variable, as ``gpufsm.config.Settings`` reads them), so a person can paste it and run
+``gpufsm types`` against the emulator. A key given with ``--api-key`` is never printed.
+
 It serves until SIGINT or SIGTERM and then exits 0. It refuses a non-loopback address
 unless told ``--allow-remote``: the emulator has no TLS, and its admin API needs no key.
 """
@@ -24,8 +28,10 @@ from dataclasses import dataclass
 from types import FrameType
 from typing import Any, TextIO
 
-from gpufsm.adapters import InstanceTypeOffer
+from gpufsm.adapters import ADAPTERS, InstanceTypeOffer
+from gpufsm.cli._providers import PROVIDER_SETTINGS
 from gpufsm.clock import Clock, SystemClock
+from gpufsm.config import Settings
 from gpufsm.machines import Capabilities
 from gpufsm.testing import FakeClock, SimTimings, SimulatedCloud
 from gpufsm.testing.emulators import (
@@ -38,7 +44,11 @@ from gpufsm.testing.emulators import (
 )
 from gpufsm.testing.emulators._admin import ADMIN_PREFIX
 
-__all__ = ["EMULATOR_TIMINGS", "PROFILES", "DialectProfile", "is_loopback", "run_emulator"]
+__all__ = ["EMULATOR_TIMINGS", "PROFILES", "DialectProfile", "is_loopback", "run_emulator",
+           "shell_exports"]
+
+#: The key the printed ``export`` line sets when the emulator accepts any key.
+ANY_KEY = "emulator-key"
 
 #: Seconds, not minutes: long enough to see every phase, short enough to wait for.
 EMULATOR_TIMINGS = SimTimings(
@@ -108,6 +118,19 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def shell_exports(dialect: str, url: str, *, key_checked: bool) -> str:
+    """The shell line that points the CLI's adapter for ``dialect`` at ``url``.
+
+    With a checked key (``--api-key``) the key variable is named in a comment, not set:
+    the key is never printed.
+    """
+    _, url_setting, key_env = PROVIDER_SETTINGS[dialect]
+    url_env = f"{Settings.model_config.get('env_prefix', '')}{url_setting}".upper()
+    if key_checked:
+        return f"export {url_env}={url}  # and {key_env}=the key given with --api-key"
+    return f"export {url_env}={url} {key_env}={ANY_KEY}"
 
 
 def _build(dialect: str, *, seed: int, real_time: bool, host: str, port: int,
@@ -195,13 +218,16 @@ def run_emulator(
             f"{url}{ADMIN_PREFIX}clock)"
         key = "checked: the one given with --api-key" if api_key else \
             "not checked (any key is accepted)"
+        adapter = ADAPTERS[dialect].partition(":")[2]
         out.write(
             f"gpufsm emulator: {dialect} dialect over a simulated cloud, seed {seed}, {clock}\n"
             f"url:      {url}\n"
-            f"base_url: {url}   (gpufsm.adapters.adapter_class({dialect!r})"
-            f"(key, base_url={url!r}))\n"
+            f"base_url: {url}   (from gpufsm.adapters import {adapter}; "
+            f"{adapter}(key, base_url={url!r}))\n"
             f"admin:    {url}{ADMIN_PREFIX}state\n"
             f"api key:  {key}\n"
+            f"shell:    {shell_exports(dialect, url, key_checked=api_key is not None)}\n"
+            f"          then e.g. gpufsm types --provider {dialect}; gpufsm instances --remote\n"
             "serving; stop with Ctrl-C or SIGTERM\n")
         out.flush()
         while not stop.wait(0.2):

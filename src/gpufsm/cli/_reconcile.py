@@ -1,4 +1,10 @@
-"""``gpufsm reconcile``: one pass printed for a person, or the daemon loop."""
+"""``gpufsm reconcile``: one pass printed for a person, or the daemon loop.
+
+The daemon logs to stderr: one INFO line per pass and one per change, a problem once
+(``gpufsm.reconcile._daemon.PassLog``). The libraries under it stay at WARNING: httpx
+logs every request at INFO, the seam's retry lines are counted by the metrics, and the
+``transitions`` logger at INFO costs throughput (DESIGN.md).
+"""
 
 from __future__ import annotations
 
@@ -7,6 +13,8 @@ import logging
 import os
 import socket
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from rich.console import Console
 from rich.table import Table
@@ -15,6 +23,7 @@ from gpufsm.cli._providers import build_adapters
 from gpufsm.config import Settings
 from gpufsm.errors import ValidationError
 from gpufsm.fleet import Fleet
+from gpufsm.machines import InstanceState
 from gpufsm.notify import Metrics, Webhook, WebhookDispatcher
 from gpufsm.reconcile import (
     OrphanPolicy,
@@ -26,9 +35,36 @@ from gpufsm.reconcile import (
 )
 from gpufsm.store import SqlInstanceStore
 
-__all__ = ["print_report", "run_reconcile"]
+__all__ = ["QUIET_LOGGERS", "daemon_logging", "print_report", "run_reconcile"]
 
 log = logging.getLogger("gpufsm.reconcile")
+
+#: Row states in which an instance may still bill.
+_MAY_BILL = [s for s in InstanceState if s is not InstanceState.TERMINATED]
+
+#: Loggers held at WARNING while the daemon runs: at INFO they would write a line per
+#: HTTP request (httpx, httpcore), per retry (gpufsm.http) or per transition.
+QUIET_LOGGERS = ("httpx", "httpcore", "gpufsm.http", "transitions")
+
+
+@contextmanager
+def daemon_logging() -> Iterator[None]:
+    """INFO to stderr for gpufsm's own lines, WARNING for the chatty ones; restored after.
+
+    ``basicConfig`` does nothing when the root logger already has a handler (an
+    embedding application's, or pytest's), so theirs is kept.
+    """
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    quiet = [logging.getLogger(name) for name in QUIET_LOGGERS]
+    saved = [lg.level for lg in quiet]
+    for lg in quiet:
+        lg.setLevel(max(lg.getEffectiveLevel(), logging.WARNING))
+    try:
+        yield
+    finally:
+        for lg, level in zip(quiet, saved, strict=True):
+            lg.setLevel(level)
 
 
 def print_report(report: PassReport, console: Console) -> None:
@@ -59,9 +95,17 @@ def run_reconcile(*, once: bool, interval: float | None, providers: list[str] | 
     except ValueError:
         raise ValidationError("--orphans", "one of report, adopt, terminate",
                               value=orphans) from None
-    adapters = build_adapters(settings, providers)
     store = SqlInstanceStore(database_url or settings.database_url,
                              sqlite_synchronous=settings.sqlite_synchronous)
+    try:
+        adapters = build_adapters(settings, providers)
+    except ValidationError:
+        # No key set at all: a usage error, unless rows in the database may bill. Then
+        # the pass runs without adapters and reports each of their providers as blind.
+        if providers or not any(r.billable for r in store.list(states=_MAY_BILL)):
+            store.close()
+            raise
+        adapters = []
     every = interval or settings.reconcile_interval
     # On a shared database each daemon leases its rows; the owner must be unique.
     shared = store.engine.dialect.name != "sqlite"
@@ -101,7 +145,8 @@ def _metrics(fleet: Fleet, port: int) -> Metrics:
 
 
 def _run(reconciler: Reconciler, *, once: bool, interval: float, as_json: bool,
-         console: Console, metrics: Metrics | None = None) -> int:
+         console: Console, metrics: Metrics | None = None,
+         max_passes: int | None = None) -> int:
     if once:
         report = reconciler.run_once()
         if metrics is not None:
@@ -112,19 +157,7 @@ def _run(reconciler: Reconciler, *, once: bool, interval: float, as_json: bool,
             print_report(report, console)
         return 0 if report.ok else 1
 
-    def show(report: PassReport) -> None:
-        if metrics is not None:
-            metrics.on_pass(report)
-        log.info("pass done: changes=%d problems=%d duration=%.2fs",
-                 len(report.changes), len(report.problems), report.duration)
-        for c in report.changes:
-            log.info("change instance=%s provider=%s from=%s to=%s event=%s why=%r",
-                     c.instance_id, c.provider, c.from_state, c.to_state, c.event, c.why)
-        for p in report.problems:
-            log.warning("problem kind=%s provider=%s instance=%s message=%r", p.kind,
-                        p.provider, p.instance_id, p.message)
-
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    run_forever(reconciler, interval=interval, on_pass=show)
+    with daemon_logging():  # run_forever logs each pass (PassLog)
+        run_forever(reconciler, interval=interval, max_passes=max_passes,
+                    on_pass=metrics.on_pass if metrics is not None else None)
     return 0
