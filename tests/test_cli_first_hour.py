@@ -149,7 +149,10 @@ def test_main_turns_a_usage_error_into_exit_2(monkeypatch: pytest.MonkeyPatch,
 
 @SQLITE_ONLY
 @pytest.mark.parametrize("command", [["instances"], ["instances", "--json"],
-                                     ["instances", "--remote"], ["history", "abcd1234"]])
+                                     ["instances", "--remote"], ["history", "abcd1234"],
+                                     # commands on ids: an id names a row that exists
+                                     ["terminate", "abcd1234"], ["start", "abcd1234"],
+                                     ["rename", "abcd1234", "new-name"]])
 def test_a_read_only_command_on_a_missing_database_says_so_and_creates_nothing(
         env: Env, tmp_path: Path, command: list[str]) -> None:
     missing = tmp_path / "nowhere" / "deeper" / "gpufsm.db"

@@ -100,7 +100,7 @@ def diagram(
     elif fmt == "dot":
         sys.stdout.write(to_dot())
     else:
-        err.print(f"--format: expected mermaid or dot, got {fmt!r}")
+        err.print(f"[red]error:[/red] --format: expected mermaid or dot, got {escape(repr(fmt))}")
         raise typer.Exit(2)
 
 

@@ -177,7 +177,7 @@ def instance_command(verb: str, ids: Sequence[str], *, database_url: str | None,
         raise ValueError(f"unknown command {verb!r}")
     given = list(dict.fromkeys(ids))  # the same id twice is one instance
     failed = 0
-    with open_store(database_url) as store:
+    with open_store(database_url, existing=True) as store:  # ids name rows that exist
         # Resolve every id first: the rows name the providers whose adapters we need.
         resolved: list[tuple[str, InstanceRecord | GpufsmError]] = []
         for item in given:
@@ -253,7 +253,7 @@ def rename_instance(given: str, name: str, *, database_url: str | None) -> int:
     """
     if not name.strip():
         raise ValidationError("NAME", "must not be empty")
-    with open_store(database_url) as store:
+    with open_store(database_url, existing=True) as store:
         record = resolve_instance(store, given)
         if record.state in (S.TERMINATING, S.TERMINATED):
             error_line(f"{record.id[:8]} is {record.state.value}: nothing to rename")
