@@ -8,6 +8,7 @@ what the emulator answers and what the adapter sends.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -601,10 +602,14 @@ def test_instances_carry_their_cluster_and_the_price_of_their_product(
     spot = adapter.launch(launch_request(make_spec(options={"billingMode": "spot"}), "b0b"))
     seen = adapter.get(two)
     assert seen is not None and seen.region == "eu-de-01"
-    assert seen.price_per_hour == pytest.approx(0.70)
+    # exact, not approximately: Novita's integer units divided, never multiplied by 1e-5
+    # (which printed 0.35000000000000003 in `gpufsm types --json`)
+    assert json.dumps(seen.price_per_hour) == "0.7"
     listed = {i.provider_instance_id: i for i in adapter.list_instances()}
-    assert listed[two].price_per_hour == pytest.approx(0.70)
-    assert listed[spot].price_per_hour == pytest.approx(0.18)  # the spot price
+    assert listed[two].price_per_hour == 0.70
+    assert listed[spot].price_per_hour == 0.18  # the spot price
+    assert all(json.dumps(o.price_per_hour) == repr(round(o.price_per_hour, 6))
+               for o in adapter.instance_types())
     assert listed[two].region == "eu-de-01"
     products = server.counts[PRODUCTS]
     adapter.get(two)

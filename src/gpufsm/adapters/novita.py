@@ -83,6 +83,7 @@ __all__ = [
     "DEFAULT_ROOTFS_GB",
     "NOVITA_ERRORS",
     "NOVITA_STATUSES",
+    "PRICE_UNITS_PER_USD",
     "PRICE_UNIT_USD",
     "PRODUCT_CACHE_SECONDS",
     "NovitaAdapter",
@@ -98,9 +99,11 @@ PROVIDER = "novita"
 DEFAULT_BASE_URL = "https://api.novita.ai"
 API_PREFIX = "/gpu-instance/openapi/v1"
 
-#: Dollars per unit of a product ``price``/``spotPrice``. ASSUMPTION: the docs give the
+#: Units of a product ``price``/``spotPrice`` per dollar. ASSUMPTION: the docs give the
 #: field as an integer with no unit; Novita's integer amounts are taken as 1/100000 USD.
-PRICE_UNIT_USD = 1e-5
+#: Prices are divided by it (35000 / 100000 is 0.35; 35000 * 1e-5 is 0.35000000000000003).
+PRICE_UNITS_PER_USD = 100_000
+PRICE_UNIT_USD = 1 / PRICE_UNITS_PER_USD
 
 #: How long a products listing is reused to price instances (prices change rarely; a
 #: reconcile pass must not cost an extra request per instance).
@@ -719,12 +722,12 @@ def _instance_price(item: InstancePayload,
     per_gpu = product.spotPrice if spot else product.price
     if not per_gpu:
         return None
-    return per_gpu * PRICE_UNIT_USD * (item.gpuNum or 1)
+    return per_gpu * (item.gpuNum or 1) / PRICE_UNITS_PER_USD
 
 
 def _offer(product: ProductPayload) -> InstanceTypeOffer:
-    price = (product.price or 0.0) * PRICE_UNIT_USD
-    spot = product.spotPrice * PRICE_UNIT_USD if product.spotPrice else None
+    price = (product.price or 0.0) / PRICE_UNITS_PER_USD
+    spot = product.spotPrice / PRICE_UNITS_PER_USD if product.spotPrice else None
     parts = [f"{n} {unit}" for n, unit in ((product.cpuPerGpu, "vCPU"),
                                            (product.memoryPerGpu, "GB RAM"),
                                            (product.diskPerGpu, "GB disk"))

@@ -69,11 +69,17 @@ def format_age(seconds: float) -> str:
     return f"{s // 86400}d{s % 86400 // 3600:02d}h"
 
 
+def _money(value: float | None) -> float | None:
+    """A price for JSON: to the millionth of a dollar, as the store keeps it, so binary
+    float noise (0.35000000000000003) never reaches a script that reads it."""
+    return None if value is None else round(value, 6)
+
+
 def record_json(r: InstanceRecord, now: datetime) -> dict[str, object]:
     return {
         "id": r.id, "name": r.name, "provider": r.provider, "state": r.state.value,
         "provider_instance_id": r.provider_instance_id, "instance_type": r.instance_type,
-        "region": r.region, "price_per_hour": r.price_per_hour, "ip": r.ip,
+        "region": r.region, "price_per_hour": _money(r.price_per_hour), "ip": r.ip,
         "billable": r.billable, "version": r.version, "created_at": r.created_at.isoformat(),
         "age_seconds": round((now - r.created_at).total_seconds(), 1),
         "last_raw_status": r.last_raw_status, "last_error": r.last_error, "tag": r.tag,
@@ -259,7 +265,7 @@ def _row_json(row: RemoteRow, now: datetime) -> dict[str, object]:
         "id": None, "name": inst.name, "provider": row.provider, "state": UNTRACKED,
         "provider_instance_id": inst.provider_instance_id,
         "instance_type": inst.instance_type, "region": inst.region,
-        "price_per_hour": inst.price_per_hour, "ip": inst.ip, "tag": inst.tag,
+        "price_per_hour": _money(inst.price_per_hour), "ip": inst.ip, "tag": inst.tag,
         "ours": inst.tag is not None, "tracked": False, "remote_status": inst.raw_status,
     }
 
@@ -284,10 +290,11 @@ def list_types(*, provider: str | None, available: bool, as_json: bool) -> int:
     offers.sort(key=lambda o: (o.price_per_hour, o.provider, o.name))
     if as_json:
         sys.stdout.write(json.dumps([{
-            "provider": o.provider, "name": o.name, "price_per_hour": o.price_per_hour,
+            "provider": o.provider, "name": o.name, "price_per_hour": _money(o.price_per_hour),
             "gpus": o.gpus, "gpu": o.gpu_description, "regions": list(o.regions),
             "available": o.available, "offer_id": o.offer_id,
-            "spot_price_per_hour": o.spot_price_per_hour} for o in offers], indent=2) + "\n")
+            "spot_price_per_hour": _money(o.spot_price_per_hour)} for o in offers],
+            indent=2) + "\n")
     else:
         table = Table("provider", "type", "gpus", "gpu", "$/h", "capacity in",
                       title="instance types, cheapest first")
