@@ -403,8 +403,9 @@ def test_types_for_an_unconfigured_provider_names_the_variable(env: Env) -> None
 
 def test_a_failing_command_is_one_line_on_stderr_from_the_real_binary(tmp_path: Path) -> None:
     gpufsm = Path(sys.executable).with_name("gpufsm")
-    done = subprocess.run([str(gpufsm), "terminate", "nope", "--database-url",
-                           f"sqlite:///{tmp_path / 'x.db'}"],
+    url = f"sqlite:///{tmp_path / 'x.db'}"
+    SqlInstanceStore(url).close()  # a database without that id (none at all: "no database")
+    done = subprocess.run([str(gpufsm), "terminate", "nope", "--database-url", url],
                           capture_output=True, text=True, timeout=60, check=False,
                           cwd=tmp_path, env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})
     assert done.returncode == 1
