@@ -13,9 +13,7 @@ codes, body shapes and quirks).
 from __future__ import annotations
 
 import logging
-import socket
 import time
-import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +23,7 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
+from cli_env import free_port
 from gpufsm import (
     AuthError,
     Capabilities,
@@ -57,6 +56,7 @@ from gpufsm.config import Settings
 from gpufsm.specs import InstanceSpec
 from gpufsm.testing import FakeClock, SimulatedCloud, check_invariants
 from gpufsm.testing.emulators import EmulatorRequest, EmulatorServer, HttpFault, make_dialect
+from test_http_seam import full_text
 
 S = InstanceState
 KEY = "contract-key-5d3a9f"
@@ -172,23 +172,6 @@ def rig(request: pytest.FixtureRequest) -> Iterator[Rig]:
     finally:
         built.adapter.close()
         built.server.stop()
-
-
-def full_text(exc: BaseException) -> str:
-    """Every string an exception chain can show: messages, reprs and the traceback."""
-    parts = ["".join(traceback.format_exception(exc))]
-    seen: BaseException | None = exc
-    while seen is not None:
-        parts += [str(seen), repr(seen)]
-        seen = seen.__cause__ or seen.__context__
-    return "\n".join(parts)
-
-
-def free_port() -> int:
-    with socket.socket() as s:  # bound, then closed: nothing listens there
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-    return port
 
 
 # ---- the protocol --------------------------------------------------------------------------

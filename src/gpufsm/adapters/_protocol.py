@@ -137,9 +137,10 @@ class ObservationKind(enum.StrEnum):
 class Observation:
     """What one look at the provider says about one of our instances.
 
-    ABSENT with ``confirmed=False`` (e.g. missing from one listing) changes nothing yet;
-    only a confirmed absence (a direct not-found, or N good listings in a row) may mark
-    an instance TERMINATED.
+    ABSENT with ``confirmed=False`` (missing from one listing) only counts on the row;
+    only a confirmed absence (the provider's own not-found on a direct GET, or, for a
+    launch that never showed an id, N good listings in a row without its tag) may mark an
+    instance TERMINATED, and not inside the visibility window after its launch.
     """
 
     kind: ObservationKind

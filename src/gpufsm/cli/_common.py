@@ -42,7 +42,7 @@ from gpufsm.errors import (
 from gpufsm.fleet import Fleet
 from gpufsm.machines import InstanceState
 from gpufsm.specs import InstanceSpec, parse_spec
-from gpufsm.store import InstanceRecord, SqlInstanceStore
+from gpufsm.store import InstanceRecord, SqlInstanceStore, sqlite_file
 
 __all__ = [
     "EXIT_FAILURE",
@@ -140,16 +140,6 @@ def resolve_database_url(database_url: str | None, settings: Settings | None = N
     return url
 
 
-def _sqlite_file(url: str) -> Path | None:
-    """The file behind a SQLite URL; None for anything else (memory, PostgreSQL)."""
-    parsed = make_url(url)
-    database = parsed.database or ""
-    if parsed.get_backend_name() != "sqlite" or database in ("", ":memory:") \
-            or database.startswith("file::memory:"):
-        return None
-    return Path(database.removeprefix("file:")).expanduser().absolute()
-
-
 @contextmanager
 def open_store(database_url: str | None, *, existing: bool = False
                ) -> Iterator[SqlInstanceStore]:
@@ -163,7 +153,7 @@ def open_store(database_url: str | None, *, existing: bool = False
     """
     settings = Settings()
     url = resolve_database_url(database_url, settings)
-    if existing and (path := _sqlite_file(url)) is not None and not path.exists():
+    if existing and (path := sqlite_file(url)) is not None and not path.exists():
         raise StoreError(f"no database at {path} (check --database-url or "
                          "GPUFSM_DATABASE_URL; any `gpufsm launch` creates it, as does "
                          "`gpufsm db upgrade`)")
@@ -216,9 +206,9 @@ def check_provider(name: str, *, field: str = "--provider") -> str:
                           value=name)
 
 
-def at_stake(store: SqlInstanceStore, provider: str) -> int:
-    """How many rows on ``provider`` may bill: not TERMINATED and billable. What a person
-    must hear about when that provider cannot be seen."""
+def at_stake(store: SqlInstanceStore, provider: str | None) -> int:
+    """How many rows on ``provider`` (None: any) may bill: not TERMINATED and billable.
+    What a person must hear about when that provider cannot be seen."""
     live = [s for s in InstanceState if s is not InstanceState.TERMINATED]
     return sum(r.billable for r in store.list(provider=provider, states=live))
 

@@ -19,11 +19,11 @@ from contextlib import contextmanager
 from rich.console import Console
 from rich.table import Table
 
+from gpufsm.cli._common import at_stake
 from gpufsm.cli._providers import build_adapters
 from gpufsm.config import Settings
 from gpufsm.errors import ValidationError
 from gpufsm.fleet import Fleet
-from gpufsm.machines import InstanceState
 from gpufsm.notify import Metrics, Webhook, WebhookDispatcher
 from gpufsm.reconcile import (
     OrphanPolicy,
@@ -38,9 +38,6 @@ from gpufsm.store import SqlInstanceStore
 __all__ = ["QUIET_LOGGERS", "daemon_logging", "print_report", "run_reconcile"]
 
 log = logging.getLogger("gpufsm.reconcile")
-
-#: Row states in which an instance may still bill.
-_MAY_BILL = [s for s in InstanceState if s is not InstanceState.TERMINATED]
 
 #: Loggers held at WARNING while the daemon runs: at INFO they would write a line per
 #: HTTP request (httpx, httpcore), per retry (gpufsm.http) or per transition.
@@ -102,7 +99,7 @@ def run_reconcile(*, once: bool, interval: float | None, providers: list[str] | 
     except ValidationError:
         # No key set at all: a usage error, unless rows in the database may bill. Then
         # the pass runs without adapters and reports each of their providers as blind.
-        if providers or not any(r.billable for r in store.list(states=_MAY_BILL)):
+        if providers or not at_stake(store, None):
             store.close()
             raise
         adapters = []

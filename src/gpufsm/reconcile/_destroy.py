@@ -17,6 +17,7 @@ from gpufsm.adapters import ProviderInstance
 from gpufsm.errors import GpufsmError
 from gpufsm.fleet import Fleet
 from gpufsm.machines import InstanceState
+from gpufsm.reconcile._pass import live_row
 
 __all__ = ["DestroyResult", "DestroyTarget", "destroy_all", "destroy_targets"]
 
@@ -67,8 +68,7 @@ def destroy_targets(fleet: Fleet, provider: str) -> list[DestroyTarget]:
             pid = inst.provider_instance_id
             if row is not None and row.provider_instance_id not in (None, pid):
                 row = None  # a live row tracks another instance of that tag: a duplicate
-        if row is not None and (row.state is S.TERMINATED
-                                or (row.state is S.FAILED and not row.billable)):
+        if row is not None and not live_row(row):
             row = None
         targets[inst.provider_instance_id] = DestroyTarget(
             provider, inst.provider_instance_id, row.id if row else None,

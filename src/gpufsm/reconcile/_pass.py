@@ -537,11 +537,11 @@ class _Ownership:
         for inst in self._unheld:
             by_pid = self._by_pid.get(inst.provider_instance_id, [])
             by_tag = self._by_tag.get(inst.tag or "", [])
-            if any(_live(r) for r in by_pid):
+            if any(live_row(r) for r in by_pid):
                 continue  # tracked (by a row another daemon holds, say)
-            if any(_live(r) and r.provider_instance_id is None for r in by_tag):
+            if any(live_row(r) and r.provider_instance_id is None for r in by_tag):
                 continue  # a launch in doubt that will adopt it by tag
-            twin = next((r for r in by_tag if _live(r)), None)
+            twin = next((r for r in by_tag if live_row(r)), None)
             if twin is not None:
                 out.append((inst, "duplicate", twin))
             elif by_pid or by_tag:
@@ -551,6 +551,7 @@ class _Ownership:
         return out
 
 
-def _live(row: _Row) -> bool:
-    """May still bill and is watched: not TERMINATED, not a launch refused or written off."""
+def live_row(row: InstanceRecord | TrackedInstance) -> bool:
+    """May still bill and is watched: not TERMINATED, not a launch refused or written off.
+    (Shared with destroy-all, which sorts listed instances the same way.)"""
     return row.state is not S.TERMINATED and not (row.state is S.FAILED and not row.billable)

@@ -15,7 +15,7 @@ from gpufsm.store._records import (
     TrackedInstance,
     TransitionRecord,
 )
-from gpufsm.store._sql import SqlInstanceStore, gc_paused, make_engine
+from gpufsm.store._sql import SqlInstanceStore, gc_paused, make_engine, sqlite_file
 
 __all__ = [
     "MUTABLE_FIELDS",
@@ -32,5 +32,6 @@ __all__ = [
     "gc_paused",
     "head_revision",
     "make_engine",
+    "sqlite_file",
     "upgrade",
 ]

@@ -67,7 +67,7 @@ from gpufsm.store._records import (
     TransitionRecord,
 )
 
-__all__ = ["SqlInstanceStore", "gc_paused", "make_engine"]
+__all__ = ["SqlInstanceStore", "gc_paused", "make_engine", "sqlite_file"]
 
 log = logging.getLogger("gpufsm.store")
 
@@ -251,6 +251,21 @@ def _chunks(items: Sequence[_V], size: int) -> Iterator[Sequence[_V]]:
         yield items[start:start + size]
 
 
+def sqlite_file(url: str) -> Path | None:
+    """The file behind a SQLite URL, ``~`` expanded; None for an in-memory database or
+    another backend. A URI-form name (``file:/p/x.db?mode=ro`` with ``uri=true``) names
+    /p/x.db. The one reading of a SQLite URL: the engine makes this file's folder, and
+    the CLI refuses to read a database whose file is not there."""
+    parsed = make_url(url)
+    database = parsed.database or ""
+    if parsed.get_backend_name() != "sqlite" or database in ("", ":memory:") \
+            or database.startswith("file::memory:"):
+        return None
+    if parsed.query.get("uri"):
+        database = database.removeprefix("file:")
+    return Path(database).expanduser().absolute()
+
+
 def make_engine(url: str, *, sqlite_synchronous: str = "FULL") -> Engine:
     """An Engine with the settings gpufsm relies on.
 
@@ -258,15 +273,12 @@ def make_engine(url: str, *, sqlite_synchronous: str = "FULL") -> Engine:
     threads wait instead of failing, and ``synchronous=FULL`` by default because a lost
     row is a lost machine. The parent folder of a file database is created.
     """
-    parsed = make_url(url)
-    if parsed.get_backend_name() != "sqlite":
+    if make_url(url).get_backend_name() != "sqlite":
         return create_engine(url, pool_pre_ping=True)
-    database = parsed.database or ""
-    memory = database in ("", ":memory:") or database.startswith("file::memory:")
-    if not memory:
-        # A URI-form name (``file:/p/x.db?mode=ro`` with ``uri=true``) names /p/x.db.
-        path = database.removeprefix("file:") if parsed.query.get("uri") else database
-        Path(path).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    path = sqlite_file(url)
+    memory = path is None
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
     kwargs: dict[str, Any] = {"connect_args": {"check_same_thread": False}}
     if memory:
         kwargs["poolclass"] = StaticPool  # one connection, or each would see its own db
