@@ -145,3 +145,4 @@ def test_reconcile_once_with_no_key_at_all_but_billable_rows_is_blind_not_usage(
     empty = env.cli("reconcile", "--once", env={
         "LAMBDA_API_KEY": None, "GPUFSM_DATABASE_URL": f"sqlite:///{tmp_path / 'empty.db'}"})
     assert empty.exit_code == 2 and "no provider configured" in empty.output
+    assert not (tmp_path / "empty.db").exists()  # not created to learn it holds nothing

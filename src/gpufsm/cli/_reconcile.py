@@ -33,7 +33,7 @@ from gpufsm.reconcile import (
     insufficient_credit_emergency,
     run_forever,
 )
-from gpufsm.store import SqlInstanceStore
+from gpufsm.store import SqlInstanceStore, sqlite_file
 
 __all__ = ["QUIET_LOGGERS", "daemon_logging", "print_report", "run_reconcile"]
 
@@ -92,17 +92,20 @@ def run_reconcile(*, once: bool, interval: float | None, providers: list[str] | 
     except ValueError:
         raise ValidationError("--orphans", "one of report, adopt, terminate",
                               value=orphans) from None
-    store = SqlInstanceStore(database_url or settings.database_url,
-                             sqlite_synchronous=settings.sqlite_synchronous)
+    url = database_url or settings.database_url
     try:
         adapters = build_adapters(settings, providers)
     except ValidationError:
         # No key set at all: a usage error, unless rows in the database may bill. Then
         # the pass runs without adapters and reports each of their providers as blind.
-        if providers or not at_stake(store, None):
-            store.close()
+        # (A SQLite file that is not there holds no rows: it is not created to learn so.)
+        if providers or ((path := sqlite_file(url)) is not None and not path.exists()):
             raise
         adapters = []
+    store = SqlInstanceStore(url, sqlite_synchronous=settings.sqlite_synchronous)
+    if not adapters and not at_stake(store, None):
+        store.close()
+        build_adapters(settings, None)  # raises: no provider configured, naming the keys
     every = interval or settings.reconcile_interval
     # On a shared database each daemon leases its rows; the owner must be unique.
     shared = store.engine.dialect.name != "sqlite"
