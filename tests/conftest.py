@@ -23,6 +23,9 @@ from gpufsm.fleet import Fleet
 from gpufsm.store import SqlInstanceStore
 from gpufsm.testing import FakeClock, SimulatedCloud
 
+#: The compatibility suite runs in its own virtualenvs (tests/compat/run), not here.
+collect_ignore = ["compat"]
+
 POSTGRES_URL = os.environ.get("GPUFSM_TEST_POSTGRES")
 _NO_PG = ("PostgreSQL tests need GPUFSM_TEST_POSTGRES, e.g. "
           "postgresql+psycopg://postgres@127.0.0.1:5432/test (.ci/run sets it)")

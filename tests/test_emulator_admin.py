@@ -161,7 +161,7 @@ def test_429_queued_through_admin_is_retried_by_the_adapter(rig: Rig) -> None:
     assert queued.json()["queued"] == {
         "kind": "429", "times": 2, "method": "GET", "path_contains": "/instances",
         "retry_after": 1.0, "status": 503, "delay": 0.0, "after_work": False,
-        "echo_key": False, "after": 0}
+        "echo_key": False, "after": 0, "code": None, "message": None}
     assert [f["kind"] for f in rig.state()["http_faults"]] == ["429"]
     assert rig.adapter.list_instances() == []
     assert rig.server.counts[LIST] == 3  # two 429s, then the answer
@@ -364,6 +364,9 @@ def test_clock_cannot_move_real_time() -> None:
     ("/_emulator/http-faults", {"kind": "429", "colour": "red"}, "colour"),
     ("/_emulator/http-faults", {"kind": "401", "echo_key": "yes"}, "echo_key"),
     ("/_emulator/http-faults", {"kind": "5xx", "after": -1}, "after"),
+    ("/_emulator/http-faults", {"kind": "error", "status": 400}, "code"),
+    ("/_emulator/http-faults", {"kind": "error", "code": "x", "status": 302}, "status"),
+    ("/_emulator/http-faults", {"kind": "5xx", "code": "global/quota-exceeded"}, "code"),
     ("/_emulator/cloud-faults", {"action": "lag_reads"}, "seconds"),
     ("/_emulator/cloud-faults", {"action": "lag_reads", "seconds": -1}, "seconds"),
     ("/_emulator/cloud-faults", {"action": "spawn_untracked", "instance_type": "tpu"},

@@ -842,6 +842,94 @@ def test_emulator_auth_and_unknown_routes(server: EmulatorServer) -> None:
         assert client.get("/api/v1/nowhere").status_code == 404
 
 
+def test_emulator_keeps_ssh_keys_as_the_spec_shapes_them(
+        server: EmulatorServer, lambda_cloud: SimulatedCloud, exchanges: Exchanges) -> None:
+    """``/ssh-keys`` (list, add, generate, delete): clients manage the key a launch names
+    there. Shapes are checked against the spec by ``exchanges`` at teardown."""
+    server.dialect = LambdaDialect(lambda_cloud, known_ssh_keys={"laptop"})
+    with httpx.Client(base_url=server.url,
+                      headers={"Authorization": f"Bearer {KEY}"}) as client:
+        [seeded] = client.get("/api/v1/ssh-keys").json()["data"]
+        assert seeded["name"] == "laptop" and re.fullmatch(r"[0-9a-f]{32}", seeded["id"])
+        stored = client.post("/api/v1/ssh-keys",
+                             json={"name": "desk", "public_key": "ssh-ed25519 AAAA x"})
+        assert stored.status_code == 200
+        assert stored.json()["data"]["public_key"] == "ssh-ed25519 AAAA x"
+        assert "private_key" not in stored.json()["data"]
+        made = client.post("/api/v1/ssh-keys", json={"name": "fresh"}).json()["data"]
+        assert made["private_key"].startswith("-----BEGIN")
+        listed = client.get("/api/v1/ssh-keys").json()["data"]
+        assert [k["name"] for k in listed] == ["laptop", "desk", "fresh"]
+        assert all("private_key" not in k for k in listed)
+        for bad in ({"name": "desk"}, {"name": ""}, {"name": "x", "public_key": ""}):
+            refused = client.post("/api/v1/ssh-keys", json=bad)
+            assert (refused.status_code, refused.json()["error"]["code"]) == (
+                400, "global/invalid-parameters")
+
+        body = {"region_name": "us-east-1", "instance_type_name": "gpu_1x_a10"}
+        launched = client.post("/api/v1/instance-operations/launch",
+                               json={**body, "ssh_key_names": ["fresh"]})
+        assert launched.status_code == 200  # an added key can be launched with
+        assert client.delete(f"/api/v1/ssh-keys/{seeded['id']}").json() == {"data": {}}
+        gone = client.post("/api/v1/instance-operations/launch",
+                           json={**body, "ssh_key_names": ["laptop"]})
+        assert (gone.status_code, gone.json()["error"]["code"]) == (
+            404, "global/object-does-not-exist")
+        again = client.delete(f"/api/v1/ssh-keys/{seeded['id']}")
+        assert (again.status_code, again.json()["error"]["code"]) == (
+            400, "global/invalid-parameters")
+    assert exchanges.check() >= 10
+
+
+def _documented_errors() -> list[Any]:
+    """(method, path, status, code) for each error a path the emulator serves documents."""
+    schemas = OPENAPI["components"]["schemas"]
+    cases = []
+    for template, operations in OPENAPI["paths"].items():
+        if not template.startswith(("/api/v1/instance", "/api/v1/ssh-keys")):
+            continue
+        for method, operation in operations.items():
+            for status, response in operation.get("responses", {}).items():
+                if status == "200":
+                    continue
+                error = response["content"]["application/json"]["schema"]["properties"][
+                    "error"]
+                for ref in error.get("anyOf", [error]):
+                    name = ref["$ref"].rsplit("/", 1)[-1]
+                    code = schemas[name]["properties"]["code"]["const"]
+                    path = template.replace("{id}", "0920582c7ff041399e34823a0be62549")
+                    cases.append(pytest.param(method.upper(), path, int(status), code,
+                                              id=f"{method}-{template}-{status}-{name}"))
+    return cases
+
+
+@pytest.mark.parametrize(("method", "path", "status", "code"), _documented_errors())
+def test_emulator_answers_any_documented_error_in_its_documented_shape(
+        method: str, path: str, status: int, code: str, server: EmulatorServer,
+        exchanges: Exchanges) -> None:
+    """An ``error`` HTTP fault answers the spec's own shape for that path and status
+    (required ``suggestion`` included), so Lambda's generated client parses it."""
+    server.inject(HttpFault("error", status=status, code=code))
+    with httpx.Client(base_url=server.url,
+                      headers={"Authorization": f"Bearer {KEY}"}) as client:
+        resp = client.request(method, path, json={} if method != "GET" else None)
+    assert resp.status_code == status
+    assert resp.json()["error"]["code"] == code
+    assert exchanges.check() >= 1  # the error body matched one of the documented schemas
+
+
+def test_emulator_speaks_upstream_provider_errors(adapter: LambdaCloudAdapter,
+                                                  server: EmulatorServer) -> None:
+    """``provider/*`` codes (NOTES.md) carry Lambda's upstream wording; the adapter reads
+    them as temporary."""
+    server.inject(HttpFault("error", status=400, code="provider/internal-unavailable",
+                            times=10))  # temporary: the adapter retries it
+    with pytest.raises(ProviderUnavailable) as info:
+        adapter.list_instances()
+    assert (info.value.code, info.value.status_code) == ("provider/internal-unavailable", 400)
+    assert "Provider unavailable (Try again shortly)" in str(info.value)
+
+
 # ---- validation ----------------------------------------------------------------------------
 
 

@@ -272,6 +272,9 @@ def test_lifecycle_over_http(adapter: NovitaAdapter, cloud: SimulatedCloud,
     assert inst.instance_type == "RTX 4090 24GB"
 
     adapter.stop(pid)
+    inst = adapter.get(pid)  # accepted, not begun: Novita's pending word
+    assert inst is not None
+    assert (inst.raw_status, inst.state) == ("toStop", S.STOPPING)
     cloud.settle(0.5)
     inst = adapter.get(pid)
     assert inst is not None
@@ -283,6 +286,9 @@ def test_lifecycle_over_http(adapter: NovitaAdapter, cloud: SimulatedCloud,
     assert inst.detail is None  # exited is the normal stopped state, not a failure
 
     adapter.start(pid)
+    inst = adapter.get(pid)  # accepted, not begun: Novita's pending word
+    assert inst is not None
+    assert (inst.raw_status, inst.state) == ("toStart", S.STARTING)
     cloud.settle(1)
     inst = adapter.get(pid)
     assert inst is not None
@@ -293,6 +299,9 @@ def test_lifecycle_over_http(adapter: NovitaAdapter, cloud: SimulatedCloud,
     assert inst.state is S.RUNNING
 
     adapter.restart(pid)
+    inst = adapter.get(pid)  # accepted, not begun: Novita's pending word
+    assert inst is not None
+    assert (inst.raw_status, inst.state) == ("toRestart", S.STARTING)
     cloud.settle(0.5)
     inst = adapter.get(pid)
     assert inst is not None
@@ -420,10 +429,16 @@ def test_other_status_error_states_only_add_detail(adapter: NovitaAdapter,
     assert "degraded" in caplog.text
 
 
-def test_spot_reclaim_is_failed_then_gone(adapter: NovitaAdapter,
-                                          cloud: SimulatedCloud) -> None:
+def test_spot_reclaim_is_failed_then_gone(
+        adapter: NovitaAdapter, cloud: SimulatedCloud,
+        exchanges: list[tuple[EmulatorRequest, EmulatorResponse]]) -> None:
     pid = adapter.launch(launch_request(make_spec(options={"billingMode": "spot"})))
     cloud.settle(120)
+    inst = adapter.get(pid)
+    assert inst is not None and inst.state is S.RUNNING
+    # The emulator says what the docs say of a healthy spot instance.
+    (got, *_) = [resp for req, resp in reversed(exchanges) if req.path.endswith("/instance")]
+    assert got.body["spotStatus"] == "running"
     cloud.preempt(pid)
     inst = adapter.get(pid)
     assert inst is not None
@@ -508,12 +523,34 @@ def test_mapper_falls_back_to_the_status() -> None:
     assert isinstance(reasoned, ProviderNotFound)
 
 
-def test_unknown_reason_is_logged_and_mapped_by_status(
-        caplog: pytest.LogCaptureFixture) -> None:
-    response = httpx.Response(400, json={"code": 400, "reason": "BRAND_NEW", "message": "?"})
+@pytest.mark.parametrize(("status", "cls"), [
+    (400, InvalidRequest), (401, AuthError), (403, AuthError), (404, ProviderUnavailable),
+    (429, RateLimited), (500, ProviderUnavailable), (503, ProviderUnavailable)])
+def test_unknown_reason_is_logged_mapped_by_status_and_kept_as_the_code(
+        caplog: pytest.LogCaptureFixture, status: int, cls: type[ProviderError]) -> None:
+    """Issue 11: an unknown reason used to be dropped (the seam's error had no code), so
+    a documented code missing from the table, or a new one, was invisible to users."""
+    response = httpx.Response(status, json={"code": status, "reason": "BRAND_NEW",
+                                            "message": "what happened"})
     with caplog.at_level(logging.WARNING, logger="gpufsm.adapters.novita"):
-        assert map_novita_error(response, "novita") is None
+        error = map_novita_error(response, "novita")
+    assert type(error) is cls
+    assert (error.code, error.status_code) == ("BRAND_NEW", status)
+    assert "what happened" in str(error)
     assert "BRAND_NEW" in caplog.text
+
+
+def test_wrong_key_is_an_auth_error_over_http(server: EmulatorServer, cloud: SimulatedCloud,
+                                             clock: FakeClock) -> None:
+    """The GPU API's bad key is 401 UNAUTHORIZED (the doc's GPU table; novita-sdk reads a
+    401 as its AuthenticationError), not the model API's 403 INVALID_API_KEY."""
+    wrong = make_adapter(server, clock, api_key="not-the-key")
+    try:
+        with pytest.raises(AuthError) as info:
+            wrong.list_instances()
+    finally:
+        wrong.close()
+    assert (info.value.status_code, info.value.code) == (401, "UNAUTHORIZED")
 
 
 def test_capacity_error_over_http(adapter: NovitaAdapter, cloud: SimulatedCloud,
@@ -824,8 +861,10 @@ def test_emulator_refuses_what_novita_refuses(server: EmulatorServer, cloud: Sim
             response = client.post(f"{API}/gpu/instance/create", json=body)
         assert response.status_code == 400
         assert response.json()["reason"] == reason
-        listing = client.get(f"{API}/gpu/instances")  # pageSize/pageNum are required
-        assert listing.status_code == 400
+        listing = client.get(f"{API}/gpu/instances", params={"pageSize": "ten"})
+        assert listing.status_code == 400 and listing.json()["reason"] == "VALIDATOR_PARAM"
+        # Absent, they default (novita-sdk and Novita's MCP server send none): page 1.
+        assert client.get(f"{API}/gpu/instances").json() == {"instances": [], "total": 0}
     assert cloud.live_instances(ours_only=False) == []
 
 

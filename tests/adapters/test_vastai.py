@@ -96,6 +96,10 @@ NOTES_STATUSES: dict[str | None, InstanceState] = {
     "restarting": S.STARTING,
 }
 
+#: The runtypes Vast's own CLI/SDK (vastai 1.9 ``resolve_runtype``) send beyond the enum.
+VAST_CLI_RUNTYPES = ("ssh_direc ssh_proxy", "jupyter_direc ssh_direc ssh_proxy",
+                     "jupyter_proxy ssh_proxy")
+
 #: NOTES.md "Errors": every code, the HTTP status it comes with, and the class it must be.
 NOTES_ERRORS: dict[str, tuple[int, type[ProviderError]]] = {
     "invalid_args": (400, InvalidRequest),
@@ -125,6 +129,12 @@ def openapi() -> dict[str, Any]:
       same spec and the docs send ``on-demand``: both are accepted.
     * ``POST /bundles`` ``order`` puts ``minItems/maxItems: 2`` on the outer list though
       its description says "each entry should contain two elements": moved inside.
+    * ``Instance.extra_env`` is "array of strings" for ``GET /instances/{id}``, but the v1
+      listing's is ``[[key, value], ...]``, and Vast's own SDK reads both endpoints' as
+      such pairs (``{k: v for k, v in extra_env}``): the v1 definition is used for both.
+    * ``PUT /asks/{id}`` ``runtype`` enumerates single words, but Vast's own CLI and SDK
+      send combinations for direct connections ("ssh_direc ssh_proxy", and the v1
+      example ``image_runtype`` "ssh ssh_direc ssh_proxy"): those combinations are added.
     """
     doc: dict[str, Any] = yaml.safe_load((SPEC_DIR / "openapi.yaml").read_text())
     doc = copy.deepcopy(doc)
@@ -132,6 +142,11 @@ def openapi() -> dict[str, Any]:
                ["application/json"]["schema"]["properties"]["instances"]["items"])
     doc["components"]["schemas"]["Instance"]["properties"]["ports"] = copy.deepcopy(
         v1_item["properties"]["ports"])
+    doc["components"]["schemas"]["Instance"]["properties"]["extra_env"] = copy.deepcopy(
+        v1_item["properties"]["extra_env"])
+    runtype = (doc["paths"]["/api/v0/asks/{id}"]["put"]["requestBody"]["content"]
+               ["application/json"]["schema"]["properties"]["runtype"])
+    runtype["enum"] = [*runtype["enum"], *VAST_CLI_RUNTYPES]
     search = (doc["paths"]["/api/v0/bundles"]["post"]["requestBody"]["content"]
               ["application/json"]["schema"]["properties"])
     search["type"]["enum"] = [*search["type"]["enum"], "on-demand"]
@@ -145,7 +160,7 @@ def openapi() -> dict[str, Any]:
 _SPEC_ROUTES = (
     (re.compile(r"^/api/v0/bundles/$"), "/api/v0/bundles"),
     (re.compile(r"^/api/v0/asks/\d+/$"), "/api/v0/asks/{id}"),
-    (re.compile(r"^/api/v1/instances$"), "/api/v1/instances"),
+    (re.compile(r"^/api/v1/instances/?$"), "/api/v1/instances"),
     (re.compile(r"^/api/v0/instances/reboot/\d+/$"), "/api/v0/instances/reboot/{id}"),
     (re.compile(r"^/api/v0/instances/recycle/\d+/$"), "/api/v0/instances/recycle/{id}"),
     (re.compile(r"^/api/v0/instances/\d+/$"), "/api/v0/instances/{id}"),
@@ -415,6 +430,56 @@ def test_interruptible_launch_bids(env: Env) -> None:
     [create] = env.bodies("PUT", "/api/v0/asks/")
     assert search["type"] == "bid" and create["price"] == 0.2
     assert get(env, pid).price_per_hour == pytest.approx(0.2)
+
+
+def test_the_listing_is_asked_for_with_the_slash_vasts_sdk_uses(env: Env) -> None:
+    """``GET /api/v1/instances/``, as Vast's own SDK (vastai 1.9) pages it. The spec's
+    path keys drop every trailing slash, and the v0 paths are known to need theirs; the
+    emulator served only the slashless form, and the adapter asked for just that one."""
+    launch(env)
+    assert len(env.adapter.list_instances()) == 1
+    paths = [rq.path for rq, _ in env.exchanges if rq.path.startswith("/api/v1/")]
+    assert paths == ["/api/v1/instances/"]
+
+
+def test_the_clis_direct_runtypes_are_accepted(env: Env) -> None:
+    """Vast's own CLI and SDK ask for direct SSH/Jupyter with several words, spelt
+    ``ssh_direc``; refusing them (the enum alone) refused what every CLI user sends."""
+    for n, runtype in enumerate(VAST_CLI_RUNTYPES):
+        launch(env, token=f"rt{n}", options={"runtype": runtype})
+    assert [c["runtype"] for c in env.bodies("PUT", "/api/v0/asks/")] == list(
+        VAST_CLI_RUNTYPES)
+    for bad in ("ssh_direc bogus", " ", "ssh,ssh_proxy"):
+        with pytest.raises(ValidationError, match=r"options\.runtype"):
+            launch(env, token="bad", options={"runtype": bad})
+
+
+def test_the_emulator_takes_what_vasts_own_sdk_sends(env: Env) -> None:
+    """Found by tests/compat/vastai: the official SDK sends filter values as strings,
+    ``env`` as an object, nulls for unset fields, accepts an ask it never searched for,
+    and reads ``extra_env`` back as ``[key, value]`` pairs."""
+    body = {"client_id": "me", "image": "img", "env": {"HF_HOME": "/d", "-p 8000:8000": "1"},
+            "price": None, "disk": 10, "label": "sdk", "extra": None, "onstart": None,
+            "runtype": "ssh_direc ssh_proxy"}
+    with httpx.Client(base_url=env.server.url,
+                      headers={"Authorization": f"Bearer {KEY}"}) as raw:
+        made = raw.put("/api/v0/asks/9000000/", json=body)  # no search before it
+        assert made.status_code == 200, made.text
+        vid = made.json()["new_contract"]
+        shown = raw.get(f"/api/v0/instances/{vid}/", params={"owner": "me"}).json()
+        assert shown["instances"]["extra_env"] == [["HF_HOME", "/d"], ["-p 8000:8000", "1"]]
+        env.cloud.settle(120)
+        listed = raw.get("/api/v1/instances/", params={"limit": 25}).json()
+        assert [i["id"] for i in listed["instances"]] == [vid]
+        assert set(listed["instances"][0]["ports"]) == {"22/tcp", "8000/tcp"}
+        offers = raw.post("/api/v0/bundles/", json={
+            "num_gpus": {"eq": "1"}, "dph_total": {"lte": "0.3"}, "rentable": {"eq": "true"},
+            "verified": {"eq": True}, "order": [["score", "desc"]], "type": "on-demand",
+            "allocated_storage": 5.0}).json()["offers"]
+    assert [(o["id"], o["gpu_name"]) for o in offers] == [(9000200, "RTX 3090")]
+    # The SDK's body is not the spec's shape (an env object, nulls): the check says so.
+    assert any("$.env" in e for e in env.check.errors)
+    env.check.errors.clear()
 
 
 def test_instance_types_are_the_cheapest_offer_per_gpu(env: Env) -> None:
@@ -773,7 +838,7 @@ def test_list_follows_every_page(env: Env) -> None:
     tags = _fill(env, 60)
     listed = env.adapter.list_instances()
     assert {i.tag for i in listed} == tags and len(listed) == 60
-    pages = [rs.body for rq, rs in env.exchanges if rq.path == "/api/v1/instances"]
+    pages = [rs.body for rq, rs in env.exchanges if rq.path == "/api/v1/instances/"]
     assert [len(p["instances"]) for p in pages] == [25, 25, 10]
     assert pages[-1]["next_token"] is None
     assert all(q.param("limit") == "25" for q, _ in env.exchanges)
@@ -781,7 +846,7 @@ def test_list_follows_every_page(env: Env) -> None:
 
 def test_a_repeating_cursor_is_refused(env: Env) -> None:
     def stuck(request: EmulatorRequest, response: EmulatorResponse) -> None:
-        if request.path == "/api/v1/instances" and isinstance(response.body, dict):
+        if request.path == "/api/v1/instances/" and isinstance(response.body, dict):
             response.body["next_token"] = "eyJ2YWx1ZXMiOiB7ImlkIjogMH19"  # {"values":{"id":0}}
 
     env.hook(stuck)

@@ -230,7 +230,8 @@ def novita_error_class(reason: str) -> type[ProviderError] | None:
 
 def map_novita_error(response: httpx.Response, provider: str, *,
                      secret: SecretStr | None = None) -> ProviderError | None:
-    """The seam's mapper: read ``reason``; None lets the seam map by HTTP status.
+    """The seam's mapper: read ``reason`` (an unknown one is kept as the code, classed by
+    HTTP status); None, when there is no reason, lets the seam map by status.
 
     ``secret`` (the API key) is masked in the body before any of its text is kept.
     """
@@ -243,17 +244,32 @@ def map_novita_error(response: httpx.Response, provider: str, *,
     reason = (body.reason or "").strip() if body else ""
     message = ((body.message or "") if body else "").strip()[:300]
     text = message or response.reason_phrase or f"HTTP {status}"
-    cls = novita_error_class(reason) if reason else None
-    if cls is None:
-        if reason:
-            log.warning("novita: unknown error reason %r (HTTP %d): mapping by status",
-                        reason, status)
+    if not reason:
         # A 404 lands here too: Novita's not-found is 400 RESOURCE_NOT_FOUND, so the seam
         # reads a 404 without a reason as an unknown outcome, never "instance gone".
         return None
+    cls = novita_error_class(reason)
+    if cls is None:
+        # A reason we have no row for is still Novita's word for what happened: keep it
+        # as the code (users and logs see it), classed by the HTTP status alone.
+        log.warning("novita: unknown error reason %r (HTTP %d): mapping by status",
+                    reason, status)
+        cls = _status_class(status)
     if cls is RateLimited:
         return RateLimited(text, provider=provider, code=reason, status_code=status)
     return cls(text, provider=provider, code=reason, status_code=status)
+
+
+def _status_class(status: int) -> type[ProviderError]:
+    """The seam's reading of a bare status, for a reason the table does not know. Never
+    ProviderNotFound: only RESOURCE_NOT_FOUND may say an instance is gone."""
+    if status == 429:
+        return RateLimited
+    if status in (401, 403):
+        return AuthError
+    if status >= 500 or status == 404:
+        return ProviderUnavailable
+    return InvalidRequest
 
 
 # ---- options -------------------------------------------------------------------------

@@ -14,7 +14,7 @@ Vast facts that shape it:
   instance reads ``{"instances": null}`` or 404 ``not_found``. Only those count as
   "gone": a 404 without Vast's error body (a proxy, a wrong base_url) is the seam's
   unknown outcome, never proof that an instance which may still bill has disappeared.
-* The listing is ``GET /api/v1/instances`` (keyset pages of at most 25); every page is
+* The listing is ``GET /api/v1/instances/`` (keyset pages of at most 25); every page is
   followed, and any failure fails the whole listing.
 * Offers are ephemeral: between search and accept another renter may take one, which
   Vast reports as ``no_such_ask``. Nothing was created, so the next-cheapest offer is
@@ -171,6 +171,10 @@ VAST_RATE_LIMITS: Mapping[str, RateLimit] = MappingProxyType({
 VAST_RUNTYPES = frozenset({
     "ssh", "jupyter", "args", "ssh_proxy", "ssh_direct", "jupyter_proxy", "jupyter_direct",
 })
+#: Words a ``runtype`` may combine, space-separated: the enum, plus what Vast's own CLI and
+#: SDK send for direct connections (``--ssh --direct`` is "ssh_direc ssh_proxy"; the v1
+#: listing's example ``image_runtype`` reads "ssh ssh_direc ssh_proxy").
+_RUNTYPE_WORDS = VAST_RUNTYPES | {"ssh_direc", "jupyter_direc"}
 VAST_FILTER_OPS = frozenset({"eq", "neq", "gt", "lt", "gte", "lte", "in", "notin"})
 
 #: Documented create-instance fields a spec may pass through ``options`` unchanged.
@@ -413,9 +417,10 @@ class VastAdapter(HttpAdapter):
                 known = ", ".join(sorted(_OWN_OPTIONS | VAST_CREATE_OPTIONS))
                 raise ValidationError(f"options.{key}", f"not a Vast option; known: {known}")
         runtype = options.get("runtype")
-        if runtype is not None and runtype not in VAST_RUNTYPES:
-            raise ValidationError("options.runtype", f"one of {', '.join(sorted(VAST_RUNTYPES))}",
-                                  value=runtype)
+        if runtype is not None and not (isinstance(runtype, str) and runtype.split()
+                                        and set(runtype.split()) <= _RUNTYPE_WORDS):
+            raise ValidationError("options.runtype", "one or more (space-separated) of "
+                                  f"{', '.join(sorted(_RUNTYPE_WORDS))}", value=runtype)
         price = options.get("price")
         if price is not None and (isinstance(price, bool) or not isinstance(price, int | float)
                                   or not _PRICE_RANGE[0] <= price <= _PRICE_RANGE[1]):
@@ -606,7 +611,9 @@ class VastAdapter(HttpAdapter):
             params: dict[str, Any] = {"limit": _PAGE}
             if token is not None:
                 params["after_token"] = token
-            response = self._seam.request("GET", f"{V1}/instances", op="list",
+            # With the slash, as Vast's own SDK calls it (the spec's keys drop every
+            # trailing slash; the v0 paths are known to need theirs).
+            response = self._seam.request("GET", f"{V1}/instances/", op="list",
                                           idempotent=True, params=params)
             data = self._answer(response)
             try:

@@ -16,7 +16,10 @@ GET      /_emulator/state            live instances (not terminated or vanished)
 GET      /_emulator/http-faults      the queued HTTP faults
 POST     /_emulator/http-faults      queue an ``HttpFault`` (its fields as the body):
                                      kind 429 | 5xx | 401 | 404 (bare, as a proxy
-                                     answers) | slow | drop; ``echo_key`` puts the
+                                     answers) | error (``code`` [+ ``message``]:
+                                     the provider's documented error, in its own
+                                     envelope, with ``status`` 400-599) | slow |
+                                     drop; ``echo_key`` puts the
                                      caller's key in the error text; ``after`` lets
                                      that many matching requests through first
 DELETE   /_emulator/http-faults      drop every queued HTTP fault
@@ -74,7 +77,7 @@ __all__ = ["ADMIN_PREFIX", "CLOUD_FAULT_ACTIONS", "EmulatorAdmin", "enable_admin
 #: What POST /_emulator/cloud-faults accepts as ``action``.
 CLOUD_FAULT_ACTIONS = ("clear", "credit", "fail_next", "kill", "lag_reads", "outage",
                        "preempt", "set_raw_status", "spawn_untracked", "vanish")
-_HTTP_FAULT_KINDS = ("429", "5xx", "401", "404", "slow", "drop")
+_HTTP_FAULT_KINDS = ("429", "5xx", "401", "404", "error", "slow", "drop")
 _HTTP_FAULT_FIELDS = frozenset(f.name for f in dataclasses.fields(HttpFault))
 # SimulatedCloud.fail_next's operations, checked here so the 400 can name the field.
 _CLOUD_OPS = ("get", "instance_types", "launch", "list", "rename", "restart", "start",
@@ -283,13 +286,19 @@ class EmulatorAdmin:
             method=method.upper() if method is not None else None,
             path_contains=body.string("path_contains", None, nullable=True),
             retry_after=body.number("retry_after", None, nullable=True),
-            status=body.integer("status", 503, low=500, high=599),
+            status=body.integer("status", 503, low=400 if kind == "error" else 500,
+                                high=599),
             delay=body.number("delay", 0.0) or 0.0,
             after_work=body.boolean("after_work", False),
             echo_key=body.boolean("echo_key", False),
             after=body.integer("after", 0, low=0, high=1_000_000),
+            code=body.string("code", None if kind != "error" else _MISSING,
+                             nullable=kind != "error"),
+            message=body.string("message", None, nullable=True),
         )
         body.done()
+        if fault.code is not None and kind != "error":
+            raise _BadInput("code", "code is for kind error (the provider's error code)")
         if kind == "slow" and fault.delay <= 0:
             raise _BadInput("delay", "a slow fault needs delay > 0")
         self.server.inject(fault)

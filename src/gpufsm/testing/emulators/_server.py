@@ -80,14 +80,23 @@ class Dialect(Protocol):
         """The provider's 5xx body."""
         ...
 
+    def provider_error(self, request: EmulatorRequest, status: int, code: str,
+                       message: str | None) -> EmulatorResponse:
+        """The provider's own error envelope carrying ``code`` (its documented word for
+        the error), answered with ``status``: how a test makes any documented error
+        happen, including ones the simulated cloud has no cause for."""
+        ...
+
 
 @dataclass(slots=True)
 class HttpFault:
     """A fault for the next ``times`` matching requests.
 
     kind: ``429`` (``retry_after`` None = no header), ``5xx`` (``status``), ``401`` (the
-    provider's own "bad key" answer), ``404`` (a bare HTML 404 with none of the provider's
-    error body: what a proxy or a wrong base URL answers), ``slow`` (sleep ``delay``
+    provider's own "bad key" answer), ``error`` (the provider's documented error
+    ``code`` with ``status`` and an optional ``message``, in its own envelope), ``404``
+    (a bare HTML 404 with none of the provider's error body: what a proxy or a wrong
+    base URL answers), ``slow`` (sleep ``delay``
     seconds, then answer normally), ``drop`` (close the connection without answering,
     after doing the work when ``after_work``).
 
@@ -107,6 +116,8 @@ class HttpFault:
     after_work: bool = False
     echo_key: bool = False
     after: int = 0
+    code: str | None = None
+    message: str | None = None
 
     def matches(self, request: EmulatorRequest) -> bool:
         return (self.method is None or self.method == request.method) and (
@@ -314,6 +325,9 @@ class EmulatorServer:
                 answer.status = fault.status
             elif fault.kind == "401":
                 answer = self.dialect.unauthorized()
+            elif fault.kind == "error":
+                answer = self.dialect.provider_error(request, fault.status, fault.code or "",
+                                                     fault.message)
             elif fault.kind == "404":
                 answer = EmulatorResponse(404, _BARE_404, content_type="text/html")
             if answer is not None:

@@ -8,16 +8,23 @@ with ``Capabilities(stop=False)``); a ``raw_override`` is reported verbatim. Lau
 options that Lambda keeps (ssh keys, tags, hostname, filesystems …) live in
 ``SimInstance.meta``.
 
+It also keeps the account's SSH keys (``/ssh-keys``: list, add, generate, delete), since
+every launch names one and clients manage them through the same API.
+
 Choices where the spec is silent: the 429 body is plain text (Lambda documents none, and
 clients key on the status); 5xx bodies use ``global/internal-error``; a simulated
 timeout is a 504; the simulator's "no credit" is Lambda's launch-time billing refusal,
 403 ``global/invalid-address``; restarting an instance in the wrong state is a 400
-``global/invalid-parameters``.
+``global/invalid-parameters``; adding a key under a name already taken, and deleting a
+key id that does not exist, are 400 ``global/invalid-parameters`` (the only error those
+paths document).
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
+import threading
 import urllib.parse
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -72,6 +79,38 @@ _HOSTNAME_RE = re.compile(r"^[a-z0-9][0-9a-z-]{0,62}$")
 _TAG_KEY_RE = re.compile(r"^[a-z][a-z0-9-:]+$")
 _MOUNT_RE = re.compile(r"^(/home|/lambda/nfs|/data)[//a-zA-Z0-9-]*$")
 _USER_DATA_MAX = 1_000_000
+_SSH_KEY_NAME_MAX = 64
+_PUBLIC_KEY_MAX = 4096
+
+#: The spec's default ``message`` and ``suggestion`` for each documented error code
+#: (``ApiError*`` schemas, 1.8.3); a schema that requires a suggestion has one here, so
+#: an injected error parses with the generated client's models.
+_ERROR_TEXT: Mapping[str, tuple[str, str | None]] = {
+    "global/invalid-api-key": ("API key was invalid, expired, or deleted.",
+                               "Check your API key or create a new one, then try again."),
+    "global/account-inactive": ("Your account is inactive.",
+                                "Make sure you have verified your email address and have a "
+                                "valid payment method. Contact Support if problems continue."),
+    "global/invalid-address": ("Your billing address is invalid.",
+                               "Make sure your billing address is valid. Contact Support if "
+                               "problems continue."),
+    "global/invalid-parameters": ("Invalid request data.", None),
+    "global/object-does-not-exist": ("Specified instance does not exist.",
+                                     "Check the names and ids in your request."),
+    "instance-operations/launch/insufficient-capacity": (
+        "Not enough capacity to fulfill launch request.", None),
+    "instance-operations/launch/file-system-in-wrong-region": (
+        "File system is in a different region.", None),
+    "global/quota-exceeded": ("Quota exceeded.", "Contact Support to increase your quota."),
+    "global/duplicate": ("A resource with this name already exists.", None),
+    "filesystems/filesystem-in-use": ("Filesystem is in use.", None),
+    "firewall-rulesets/firewall-ruleset-in-use": (
+        "Firewall ruleset is in use by one or more instances.",
+        "Terminate all instances that are using the ruleset before deleting it."),
+    "global/internal-error": ("An internal server error occurred.",
+                              "Try again later. Contact Support if the problem persists."),
+}
+_UPSTREAM_TEXT = ("Provider unavailable", "Try again shortly")  # ``provider/*`` codes
 
 
 class _BadRequestError(Exception):
@@ -97,8 +136,11 @@ def _instance_not_found() -> EmulatorResponse:
 class LambdaDialect:
     """Lambda Cloud API v1 over ``cloud``.
 
-    ``known_ssh_keys``: when given, launch refuses other key names as Lambda does
-    (404 ``global/object-does-not-exist``); None accepts any name.
+    ``known_ssh_keys``: when given, the account starts with these keys (``/ssh-keys``
+    lists them) and launch refuses other key names as Lambda does (404
+    ``global/object-does-not-exist``); keys added or deleted through ``/ssh-keys`` join or
+    leave the set. None accepts any name at launch (``/ssh-keys`` still keeps what is
+    added), so a cloud built without keys needs no set-up step.
     """
 
     name = "lambda"
@@ -107,6 +149,14 @@ class LambdaDialect:
                  known_ssh_keys: Iterable[str] | None = None) -> None:
         self.cloud = cloud
         self.known_ssh_keys = set(known_ssh_keys) if known_ssh_keys is not None else None
+        # The account's keys (id → SSHKey), seeded with the known names; adding and
+        # deleting one keeps ``known_ssh_keys`` in step when it is a set (None: launch
+        # accepts any name, whatever is stored).
+        self._ssh_keys: dict[str, dict[str, str]] = {}
+        self._ssh_serial = 0
+        self._ssh_lock = threading.Lock()
+        for key_name in sorted(self.known_ssh_keys or ()):
+            self._store_key(key_name, _public_key(key_name))
         # Types are fixed for a cloud's life; read them once without counting a call.
         calls = cloud.calls.copy()
         self._offers = {o.name: o for o in cloud.instance_types()}
@@ -125,6 +175,17 @@ class LambdaDialect:
     def server_error(self) -> EmulatorResponse:
         return _error(500, "global/internal-error", "An internal server error occurred.",
                       "Try again later. Contact Support if the problem persists.")
+
+    def provider_error(self, request: EmulatorRequest, status: int, code: str,
+                       message: str | None) -> EmulatorResponse:
+        """Any documented error ``code`` in Lambda's envelope, with the spec's own
+        message and suggestion for it, so a test can make one happen that the simulated
+        cloud has no cause for (an inactive account, a filesystem in the wrong region)."""
+        default, suggestion = _ERROR_TEXT.get(
+            code, _UPSTREAM_TEXT if code.startswith("provider/") else (code, None))
+        if code == "global/object-does-not-exist" and request.path.endswith("/launch"):
+            default = "A resource named in the launch request does not exist."
+        return _error(status, code, message or default, suggestion)
 
     def handle(self, request: EmulatorRequest) -> EmulatorResponse:
         if not request.path.startswith(f"{_PREFIX}/"):
@@ -147,6 +208,12 @@ class LambdaDialect:
                     return self._restart(request)
                 case ("POST", "instance-operations", "terminate"):
                     return self._terminate(request)
+                case ("GET", "ssh-keys"):
+                    return self._list_ssh_keys()
+                case ("POST", "ssh-keys"):
+                    return self._add_ssh_key(request)
+                case ("DELETE", "ssh-keys", key_id):
+                    return self._delete_ssh_key(key_id)
         except _BadRequestError as exc:
             return _invalid(str(exc))
         except ProviderError as exc:
@@ -225,6 +292,51 @@ class LambdaDialect:
             self.cloud.terminate(pid)
         data = [self._instance(self.cloud.instance(pid)) for pid in ids]
         return EmulatorResponse(200, {"data": {"terminated_instances": data}})
+
+    def _list_ssh_keys(self) -> EmulatorResponse:
+        with self._ssh_lock:
+            data = [dict(k) for k in self._ssh_keys.values()]
+        return EmulatorResponse(200, {"data": data})
+
+    def _add_ssh_key(self, request: EmulatorRequest) -> EmulatorResponse:
+        """``AddSSHKeyRequest``: store ``public_key``, or generate a pair when it is
+        absent and answer the ``GeneratedSSHKey`` (the only time the private half shows)."""
+        body = _object(request)
+        name = body.get("name")
+        if not isinstance(name, str) or not 1 <= len(name) <= _SSH_KEY_NAME_MAX:
+            raise _BadRequestError(f"name must be 1 to {_SSH_KEY_NAME_MAX} characters")
+        public = body.get("public_key")
+        if public is not None and (
+            not isinstance(public, str) or not 1 <= len(public) <= _PUBLIC_KEY_MAX
+        ):
+            raise _BadRequestError(f"public_key must be 1 to {_PUBLIC_KEY_MAX} characters")
+        with self._ssh_lock:
+            if any(k["name"] == name for k in self._ssh_keys.values()):
+                raise _BadRequestError(f"an SSH key named {name!r} already exists")
+        key = self._store_key(name, public or _public_key(name))
+        if public is None:
+            key = {**key, "private_key": _private_key(name)}
+        return EmulatorResponse(200, {"data": key})
+
+    def _delete_ssh_key(self, key_id: str) -> EmulatorResponse:
+        with self._ssh_lock:
+            key = self._ssh_keys.pop(key_id, None)
+        if key is None:
+            raise _BadRequestError(f"no SSH key with id {key_id!r}")
+        if self.known_ssh_keys is not None:
+            self.known_ssh_keys.discard(key["name"])
+        return EmulatorResponse(200, {"data": {}})
+
+    def _store_key(self, name: str, public_key: str) -> dict[str, str]:
+        """Keep one key under a fresh 32-hex id (Lambda's id shape)."""
+        with self._ssh_lock:
+            self._ssh_serial += 1
+            digest = hashlib.sha256(f"{self._ssh_serial}/{name}".encode()).hexdigest()
+            key = {"id": digest[:32], "name": name, "public_key": public_key}
+            self._ssh_keys[key["id"]] = key
+        if self.known_ssh_keys is not None:
+            self.known_ssh_keys.add(name)
+        return dict(key)
 
     # ---- shapes --------------------------------------------------------------------
 
@@ -411,6 +523,19 @@ def _check_launch(body: Mapping[str, Any]) -> dict[str, Any]:
         "tags": [{"key": t["key"], "value": t["value"]} for t in tags],
         "user_data_bytes": len(user_data.encode()) if user_data else 0,
     }
+
+
+def _public_key(name: str) -> str:
+    """A well-formed, made-up ed25519 public key (no real key material)."""
+    blob = hashlib.sha256(name.encode()).hexdigest()
+    return f"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAI{blob[:43]} {name}"
+
+
+def _private_key(name: str) -> str:
+    """A placeholder private key in PEM framing; it opens nothing."""
+    blob = hashlib.sha256(f"private/{name}".encode()).hexdigest()
+    return (f"-----BEGIN OPENSSH PRIVATE KEY-----\nemulator-{blob}\n"
+            "-----END OPENSSH PRIVATE KEY-----\n")
 
 
 def _region(code: str) -> dict[str, str]:

@@ -20,6 +20,9 @@ terminating    ``removing``
 terminated     ``removed``
 =============  ===========================================================
 
+A start, stop or restart reads ``toStart``/``toStop``/``toRestart`` from its acceptance
+until the instance takes its first step (the sim's short command delay).
+
 Product prices are served in Novita's integer unit (1/100000 USD per GPU-hour, the
 adapter's documented assumption), from ``cloud.instance_types()``.
 """
@@ -72,6 +75,12 @@ NOVITA_PHASE_WORDS: dict[str, str] = {
 
 _UP = frozenset({"running", "rebooting", "stopping", "unhealthy"})
 
+#: A command's word between its acceptance and the sim's first step.
+_PENDING = {"start": "toStart", "stop": "toStop", "restart": "toRestart"}
+#: How long that word lasts at most: the sim's shortest first step after a command (a
+#: restart comes back to ``running`` in the same epoch, so the phase alone cannot tell).
+_PENDING_SECONDS = 0.1
+
 
 def _error(status: int, reason: str, message: str) -> EmulatorResponse:
     return EmulatorResponse(status, {"code": status, "reason": reason, "message": message})
@@ -113,14 +122,22 @@ class NovitaDialect:
             return self._sim_error(exc, request)
 
     def unauthorized(self) -> EmulatorResponse:
-        # The one body the notes quote verbatim (a live no-key call).
-        return _error(403, "INVALID_API_KEY", "invalid api-key")
+        # The GPU table of the error-code doc gives UNAUTHORIZED as a 401, and novita-sdk
+        # (whose models stand for the live API) reads a bad key as a 401. The notes' 403
+        # INVALID_API_KEY was seen on the model API, another gateway: not spoken here.
+        return _error(401, "UNAUTHORIZED", "invalid api key")
 
     def rate_limited(self) -> EmulatorResponse:
         return _error(429, "RATE_LIMIT_EXCEEDED", "rate limit exceeded")
 
     def server_error(self) -> EmulatorResponse:
         return _error(500, "UNKNOWN", "internal error")
+
+    def provider_error(self, request: EmulatorRequest, status: int, code: str,
+                       message: str | None) -> EmulatorResponse:
+        """Any documented ``reason`` (the notes' GPU table) in Novita's error body, so a
+        test can make one happen that the simulated cloud has no cause for."""
+        return _error(status, code, message or code.replace("_", " ").lower())
 
     # ---- routes -------------------------------------------------------------------------
 
@@ -144,6 +161,10 @@ class NovitaDialect:
         offer = self._offers().get(req.productId)
         if offer is None:
             return _error(400, "RESOURCE_NOT_FOUND", f"product {req.productId} not found")
+        billing = req.billingMode or "onDemand"
+        if billing not in self._product(offer)["billingMethods"]:
+            return _error(400, "UNSUPPORTED_BILLING_MODE",
+                          f"product {req.productId} is not sold {billing}")
         name = req.name or ""
         pid = self.cloud.create_instance(
             instance_type=offer.name,
@@ -156,7 +177,7 @@ class NovitaDialect:
                 "gpuNum": req.gpuNum,
                 "rootfsSize": req.rootfsSize,
                 "kind": req.kind,
-                "billingMode": req.billingMode or "onDemand",
+                "billingMode": billing,
                 "command": req.command or "",
                 "ports": ports,
                 "envs": [e.model_dump() for e in req.envs or ()],
@@ -166,10 +187,14 @@ class NovitaDialect:
         return EmulatorResponse(200, {"id": pid})
 
     def _list(self, request: EmulatorRequest) -> EmulatorResponse:
-        size = self._int_param(request, "pageSize")
-        num = self._int_param(request, "pageNum")
+        # The docs mark pageSize and pageNum required, yet novita-sdk sends neither by
+        # default and Novita's own MCP server sends "pageNumber": a live API that refused
+        # their listings would have been noticed. So absent means the defaults (10 per
+        # page, page 1; pageNum 0 reads as 1); present and not a number is refused.
+        size = self._int_param(request, "pageSize", 10)
+        num = self._int_param(request, "pageNum", 1)
         if size is None or num is None:
-            return _error(400, "VALIDATOR_PARAM", "pageSize and pageNum are required >= 0")
+            return _error(400, "VALIDATOR_PARAM", "pageSize and pageNum must be integers >= 0")
         size = size or 10
         num = max(num, 1)
         views = self.cloud.list_instances()  # an "empty" outage lies here, on purpose
@@ -234,8 +259,13 @@ class NovitaDialect:
             return _error(400, "VALIDATOR_PARAM", "instanceId is required")
         getattr(self.cloud, op)(pid)
         inst = self._sim(pid)
-        if op == "start" and inst is not None:
-            inst.meta["boot_word"] = "starting"
+        if inst is not None:
+            if op == "start":
+                inst.meta["boot_word"] = "starting"
+            # Accepted, not begun: Novita says toStop / toStart / toRestart until the
+            # instance takes its first step (at most _PENDING_SECONDS).
+            inst.meta["pending"] = (_PENDING[op], inst.phase, inst.epoch,
+                                    self.cloud.clock.monotonic() + _PENDING_SECONDS)
         return EmulatorResponse(200, {})
 
     def _sim(self, pid: str) -> SimInstance | None:
@@ -301,7 +331,9 @@ class NovitaDialect:
             "portMappings": mappings,
             "volumeMounts": [{"type": "local", "size": str(meta.get("rootfsSize", 60)),
                               "id": "", "mountPath": "/"}],
-            "node": {"id": f"node-{inst.region}"},
+            # The docs type ``node`` as object[]; novita-sdk (run against the live API)
+            # parses an object, and would refuse a list: an object it is.
+            "node": {"maxRootfsSize": 6144},
             "jobs": [],
             "envs": meta.get("envs", []),
             "connectComponentSSH": {
@@ -310,6 +342,12 @@ class NovitaDialect:
                 "password": "",
                 "isRunning": ssh is not None,
             },
+            # The docs' shapes; nothing behind them here, so nothing runs.
+            "connectComponentWebTerminal": {"address": "", "username": "", "password": "",
+                                            "isRunning": False},
+            "connectComponentJupyter": {"port": 0, "address": "", "isRunning": False},
+            "connectComponentLog": {"systemLogAddress": "", "instanceLogAddress": "",
+                                    "isRunning": False},
             "kind": meta.get("kind", "gpu"),
             "billingMode": meta.get("billingMode", "onDemand"),
             "endTime": "-1",
@@ -329,12 +367,20 @@ class NovitaDialect:
         word = NOVITA_PHASE_WORDS.get(phase, phase)
         if phase == "booting":
             word = str(inst.meta.get("boot_word", "pulling"))
+        pending = inst.meta.get("pending")
+        if pending is not None and tuple(pending[1:3]) == (phase, inst.epoch) and (
+            self.cloud.clock.monotonic() < pending[3]
+        ):
+            word = str(pending[0])
+        # spotStatus is for spot billing only ("" otherwise, which novita-sdk reads as
+        # None); a preemption shows as "reclaiming" whatever the billing.
+        spot = "running" if inst.meta.get("billingMode") == "spot" else ""
         if phase == "unhealthy":
             message = str(inst.meta.get("error_message", "container exited unexpectedly"))
-            return word, {"state": ABNORMAL, "message": message}, ""
+            return word, {"state": ABNORMAL, "message": message}, spot
         if phase == "preempted":
             return word, no_error, "reclaiming"
-        return word, no_error, ""
+        return word, no_error, spot
 
     def _sim_error(self, exc: ProviderError, request: EmulatorRequest) -> EmulatorResponse:
         msg = str(exc)
@@ -376,9 +422,12 @@ class NovitaDialect:
         return pid if isinstance(pid, str) and pid else None
 
     @staticmethod
-    def _int_param(request: EmulatorRequest, name: str) -> int | None:
+    def _int_param(request: EmulatorRequest, name: str, default: int) -> int | None:
+        """The parameter as an integer >= 0, ``default`` when absent, None when malformed."""
         value = request.param(name)
-        if value is None or not value.strip().isdigit():
+        if value is None:
+            return default
+        if not value.strip().isdigit():
             return None
         return int(value)
 

@@ -1,8 +1,10 @@
-"""RunPod's REST v1 pod API (and the v2 GPU catalog) over a SimulatedCloud, on loopback.
+"""RunPod's REST v1 pod API (and the v2 GPU catalog, and the GraphQL pod subset) over a
+SimulatedCloud, on loopback.
 
-Paths are production's: ``/v1/pods…`` as on ``rest.runpod.io`` and ``/v2/catalog/gpus``
-as on ``api.runpod.io`` (one emulator host serves both). Shapes follow
-``openapi-rest-v1.json`` and ``openapi-v2.json``.
+Paths are production's: ``/v1/pods…`` as on ``rest.runpod.io``, ``/v2/catalog/gpus`` and
+``POST /graphql`` as on ``api.runpod.io`` (one emulator host serves all three; GraphQL is
+in ``runpod_graphql``, over the same cloud, so each API sees the other's pods). Shapes
+follow ``openapi-rest-v1.json`` and ``openapi-v2.json``.
 
 How the simulator's phases read in v1, which only has the *desired* words RUNNING,
 EXITED and TERMINATED; readiness shows as ``publicIp``/``portMappings`` being set:
@@ -56,6 +58,7 @@ from gpufsm.errors import (
 )
 from gpufsm.testing._sim import SimInstance, SimulatedCloud
 from gpufsm.testing.emulators._server import EmulatorRequest, EmulatorResponse
+from gpufsm.testing.emulators.runpod_graphql import RunPodGraphQL, graphql_error_body
 
 __all__ = ["RUNPOD_PHASES", "RunPodDialect"]
 
@@ -125,6 +128,7 @@ class RunPodDialect:
     def __init__(self, cloud: SimulatedCloud, *, delete_unknown_status: int = 404) -> None:
         self.cloud = cloud
         self.delete_unknown_status = delete_unknown_status
+        self.graphql = RunPodGraphQL(self)
 
     # ---- Dialect --------------------------------------------------------------------------
 
@@ -137,7 +141,28 @@ class RunPodDialect:
     def server_error(self) -> EmulatorResponse:
         return _v1_error(500, "Something went wrong. Please try again later or contact support.")
 
+    def provider_error(self, request: EmulatorRequest, status: int, code: str,
+                       message: str | None) -> EmulatorResponse:
+        """``code`` in the envelope of the API asked: on ``/graphql`` an error list with
+        ``extensions.code``; on ``/v2/…`` problem+json with ``code`` as its ``title`` (v2's
+        titles are its codes: "Conflict", "Not Found" …); on v1 the documented
+        ``UnauthorizedError {message}`` for that code, else v1's ``{"error", "status"}``
+        body (v1 errors carry no code, so the message, or the code when there is none, is
+        the error text)."""
+        text = message or code
+        if request.path.rstrip("/") == "/graphql":
+            return EmulatorResponse(status, graphql_error_body(text, code))
+        if request.path.startswith("/v2/"):
+            return _problem(status, code, text)
+        if code == "UnauthorizedError":
+            return EmulatorResponse(status, {"message": message or "Unauthorized"})
+        if status == 429:
+            return _problem(429, "Too Many Requests", text)
+        return _v1_error(status, text)
+
     def handle(self, request: EmulatorRequest) -> EmulatorResponse:
+        if request.path.rstrip("/") == "/graphql" and request.method == "POST":
+            return self.graphql.handle(request)
         try:
             return self._route(request)
         except ProviderError as exc:
@@ -228,12 +253,21 @@ class RunPodDialect:
         }
         command, event = commands[action]
         command(pid)
+        self.commanded(pid, event, started=action != "stop")
+        return EmulatorResponse(200)  # v1 documents 200 with no body
+
+    def commanded(self, pid: str, event: str, *, started: bool) -> SimInstance:
+        """Note a user's command the cloud accepted (both APIs call this, so their
+        ``lastStatusChange`` and ``lastStartedAt`` agree)."""
         inst = self.cloud.instance(pid)
         now = self.cloud.clock.now()
         inst.meta["event"] = f"{event}: {_stamp(now)}"
-        if action != "stop":
+        if started:
             inst.meta["started"] = now
-        return EmulatorResponse(200)  # v1 documents 200 with no body
+        # the plan this command made: until something else replans the pod (a kill, a
+        # preemption), the phases it passes through keep this text
+        inst.meta["event_epoch"] = inst.epoch
+        return inst
 
     def _catalog(self, request: EmulatorRequest) -> EmulatorResponse:
         include = request.param("include")
@@ -356,7 +390,9 @@ class RunPodDialect:
             # Keep the text of the action that led here; a phase the sim reached by
             # itself (a kill, a preemption) gets its own text, stamped when first seen.
             last_change = str(meta.get("event", ""))
-            if not last_change.startswith(event.split(":")[0]):
+            if not last_change.startswith(event.split(":")[0]) and (
+                meta.get("event_epoch") != inst.epoch
+            ):
                 last_change = f"{event}: {_stamp(now)}"
                 meta["event"] = last_change
         tcp_ports = [int(p.split("/")[0]) for p in meta.get("ports", ["22/tcp"])

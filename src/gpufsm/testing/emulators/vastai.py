@@ -13,7 +13,7 @@ DELETE   /api/v0/instances/{id}/              ``{"success": true}`` (empty with
 PUT      /api/v0/instances/reboot/{id}/       reboot (status ``rebooting``)
 PUT      /api/v0/instances/recycle/{id}/      recycle (status ``recycling``)
 GET      /api/v0/instances/                   legacy complete listing (not in the spec)
-GET      /api/v1/instances                    keyset pages, at most 25, ``next_token``
+GET      /api/v1/instances[/]                 keyset pages, at most 25, ``next_token``
 =======  ===================================  ==========================================
 
 Sim phases become Vast's three status fields (``actual_status``, ``intended_status``,
@@ -42,6 +42,12 @@ Vast instance ids are integers, sim ids are strings: the dialect numbers instanc
 first sees them and keeps the number in ``SimInstance.meta["vast_id"]``. Sim errors
 become Vast's error bodies (see ``_sim_error``); the 429 body carries no Retry-After
 unless the server's HttpFault adds one, because Vast never sends it.
+
+Requests are also read the way Vast's own SDK (``vastai``, tests/compat/vastai) sends
+them, which the spec alone does not describe: ``env`` as an object as well as a
+docker-flag string, filter values as strings (``{"num_gpus": {"eq": "1"}}``), multi-word
+runtypes (``"ssh_direc ssh_proxy"``), nulls for unset fields, and an ask accepted without
+a search first. ``extra_env`` reads back as ``[key, value]`` pairs, which the SDK needs.
 """
 
 from __future__ import annotations
@@ -51,6 +57,7 @@ import binascii
 import itertools
 import json
 import re
+import shlex
 import threading
 from collections import Counter
 from collections.abc import Callable, Mapping
@@ -99,11 +106,18 @@ VAST_SEARCH_FIELDS = frozenset({
     "min_bid", "mobo_name", "pci_gen", "pcie_bw", "storage_cost", "static_ip", "total_flops",
     "os_version", "ubuntu_version", "verification", "vms_enabled", "reliability2",
 })
-_SEARCH_META = frozenset({"limit", "type", "order", "allocated_storage"})
+#: Search knobs that are not filters: the spec's, and the ones Vast's own SDK sends
+#: (``SyncClient.search``, ``search_offers(disable_bundling=)``), accepted and ignored.
+_SEARCH_META = frozenset({"limit", "type", "order", "allocated_storage", "target_reliability",
+                          "extra_ids", "gpu_option", "show_incompatible", "sort_option",
+                          "template_id", "disable_bundling"})
 _SEARCH_TYPES = frozenset({"on-demand", "ondemand", "bid", "reserved"})
 _OPS = frozenset({"eq", "neq", "gt", "lt", "gte", "lte", "in", "notin"})
+#: The spec's enum, plus what Vast's own SDK and CLI send for direct connections: several
+#: space-separated words, spelt ``ssh_direc`` (``--ssh --direct`` is "ssh_direc
+#: ssh_proxy"); the v1 listing's example ``image_runtype`` reads "ssh ssh_direc ssh_proxy".
 _RUNTYPES = frozenset({"ssh", "jupyter", "args", "ssh_proxy", "ssh_direct", "jupyter_proxy",
-                       "jupyter_direct"})
+                       "jupyter_direct", "ssh_direc", "jupyter_direc"})
 _V1_FILTERABLE = frozenset({"actual_status", "gpu_name", "verification", "id", "label",
                             "intended_status", "cur_state", "next_state", "machine_id",
                             "image_uuid"})
@@ -112,6 +126,21 @@ _UP = frozenset({"running", "rebooting", "stopping"})
 _FIRST_ID = 31_000_001
 _ANY_HOST = "0.0.0.0"  # noqa: S104 - docker's "every host address", text only
 _ASK_BASE = 9_000_000
+
+#: The ``msg`` Vast sends with each documented ``error`` code (NOTES.md "Errors").
+_ERROR_TEXT: Mapping[str, str] = {
+    "invalid_args": "error 400/3467: Invalid args",
+    "invalid_price": "error 400/3470: invalid_price bid must be 0.001..128 $/h",
+    "no_ssh_key_for_vm": "error 400/3471: no_ssh_key_for_vm VM instances need an SSH key "
+                         "on the account",
+    "no_such_ask": "error 410/3907: no_such_ask Instance type is no longer available.",
+    "auth_error": "Invalid user key",
+    "not_found": "Instance not found",
+    "invalid_request": "Error in query parameters",
+    "invalid_token": "invalid after_token",
+    "rate_limit_exceeded": "API requests too frequent endpoint threshold=1.0",
+    "insufficient_credit": "Your account lacks credit",
+}
 
 
 def _gpu_display(name: str) -> str:
@@ -126,6 +155,55 @@ def _fail(status: int, error: str | None, msg: str, **extra: Any) -> EmulatorRes
     body["msg"] = msg
     body.update(extra)
     return EmulatorResponse(status, body)
+
+
+def _env_pairs(env: Any) -> list[list[str]]:
+    """Create's ``env`` as the ``extra_env`` pairs an instance shows.
+
+    The spec types ``env`` as a docker-flag string (``"-e K=V -p 8000:8000"``); Vast's
+    own SDK and CLI send the object their ``parse_env`` makes of such a string
+    (``{"K": "V", "-p 8000:8000": "1"}``). Both read back the same way, as the v1
+    listing's example shows: ``[["K", "V"], ["-p 8000:8000", "1"]]``.
+    """
+    if isinstance(env, Mapping):
+        return [[str(k), str(v)] for k, v in env.items()]
+    if not isinstance(env, str):
+        return []
+    try:
+        words = shlex.split(env)
+    except ValueError:
+        words = env.split()
+    pairs: list[list[str]] = []
+    for flag, value in itertools.pairwise(words):
+        if flag == "-e" and "=" in value:
+            key, _, val = value.partition("=")
+            pairs.append([key, val])
+        elif flag in ("-p", "-v", "-n", "-h"):
+            pairs.append([f"{flag} {value}", "1"])
+    return pairs
+
+
+def _ports(pairs: list[list[str]]) -> list[int]:
+    """Container ports a ``-p HOST:CONTAINER`` flag among ``pairs`` publishes."""
+    found = (re.fullmatch(r"-p\s+\d+:(\d+)(?:/(?:tcp|udp))?", key) for key, _ in pairs)
+    return [int(m.group(1)) for m in found if m is not None]
+
+
+def _coerce(target: Any, like: Any) -> Any:
+    """A filter value as Vast compares it: the official client's query parser sends
+    numbers and booleans as strings (``{"num_gpus": {"eq": "1"}}``), and Vast matches
+    them against the numeric column all the same."""
+    if isinstance(target, list):
+        return [_coerce(t, like) for t in target]
+    if not isinstance(target, str) or like is None or isinstance(like, str):
+        return target
+    text = target.strip().lower()
+    if isinstance(like, bool):
+        return {"true": True, "false": False}.get(text, target)
+    try:
+        return float(text)
+    except ValueError:
+        return target
 
 
 def _to_int(value: str | None) -> int | None:
@@ -149,6 +227,7 @@ def _untoken(token: str) -> int | None:
 
 def _matches(value: Any, op: str, target: Any, norm: Callable[[Any], Any]) -> bool:
     """One ``{op: target}`` condition; ``norm`` makes names/locations comparable."""
+    target = _coerce(target, value)
     try:
         if op in ("in", "notin"):
             items = target if isinstance(target, list) else [target]
@@ -199,7 +278,8 @@ class VastDialect:
             ("POST", re.compile(r"^/api/v0/bundles/$"), "search", self._search),
             ("PUT", re.compile(r"^/api/v0/asks/([^/]+)/$"), "create", self._create),
             ("GET", re.compile(r"^/api/v0/instances/$"), "list_v0", self._list_v0),
-            ("GET", re.compile(r"^/api/v1/instances$"), "list_v1", self._list_v1),
+            # The official SDK/CLI (vastai 1.9) call it with the slash, the spec without.
+            ("GET", re.compile(r"^/api/v1/instances/?$"), "list_v1", self._list_v1),
             ("PUT", re.compile(r"^/api/v0/instances/reboot/([^/]+)/$"), "reboot",
              self._reboot),
             ("PUT", re.compile(r"^/api/v0/instances/recycle/([^/]+)/$"), "recycle",
@@ -242,6 +322,13 @@ class VastDialect:
 
     def server_error(self) -> EmulatorResponse:
         return EmulatorResponse(500, "Internal Server Error")
+
+    def provider_error(self, request: EmulatorRequest, status: int, code: str,
+                       message: str | None) -> EmulatorResponse:
+        """Any documented error in Vast's common shape ``{success, error, msg}``, with the
+        ``msg`` Vast writes for it (NOTES.md "Errors") unless the test gives one."""
+        return _fail(status, code or None, message or _ERROR_TEXT.get(
+            code, f"error {status}: {code or 'error'}"))
 
     # ---- ids -----------------------------------------------------------------------------
 
@@ -316,6 +403,7 @@ class VastDialect:
             "image_uuid": str(meta.get("image", "vastai/base-image")),
             "image_runtype": str(meta.get("runtype", "ssh")),
             "image_args": [],
+            "extra_env": [list(pair) for pair in meta.get("extra_env", ())],
             "onstart": str(meta.get("onstart") or ""),
             "status_msg": msg,
             "ssh_host": f"ssh{vid % 9 + 1}.vast.ai",
@@ -497,19 +585,28 @@ class VastDialect:
             return _fail(400, code, msg, ask_id=ask_id)
         target = self._asks.get(ask_id)
         if target is None:
+            # An ask exists whether or not this client searched for it first (the SDK
+            # is often handed an id from the console or an earlier run): number the
+            # market afresh, as a search would, without counting it as one.
+            with self.cloud._lock:
+                types = list(self.cloud._types.values())
+            self._offers(types, bid=False)
+            target = self._asks.get(ask_id)
+        if target is None:
             return _fail(404, "invalid_args", f"error 404/3603: no_such_ask Instance type by "
                          f"id {ask_id} is not available.", ask_id=ask_id)
         type_name, region = target
         label = body.get("label") or ""
         price = body.get("price")
-        env = body.get("env") or ""
+        env = _env_pairs(body.get("env"))
         meta: dict[str, Any] = {
             "image": body.get("image") or "template", "runtype": body.get("runtype", "ssh"),
-            "disk": float(body.get("disk", 16)), "env": env, "onstart": body.get("onstart"),
+            "disk": float(body.get("disk") or 16), "extra_env": env,
+            "onstart": body.get("onstart"),
             "ask_id": ask_id, "is_bid": price is not None,
             "gpu_name": _gpu_display(type_name),
             "machine_id": 40000 + (ask_id - _ASK_BASE),
-            "ports": [int(p) for p in re.findall(r"-p\s+(\d+):\d+", env)],
+            "ports": _ports(env),
         }
         if price is not None:
             meta["dph_total"] = float(price)
@@ -532,7 +629,8 @@ class VastDialect:
         if label is not None and (not isinstance(label, str) or len(label) > 1024):
             return "invalid_args", "error 400/3467: Invalid args: label must be <= 1024 chars"
         runtype = body.get("runtype")
-        if runtype is not None and runtype not in _RUNTYPES:
+        if runtype is not None and not (isinstance(runtype, str) and runtype.split()
+                                        and set(runtype.split()) <= _RUNTYPES):
             return "invalid_args", f"error 400/3467: Invalid args: runtype {runtype!r}"
         price = body.get("price")
         if price is not None and (isinstance(price, bool) or not isinstance(price, int | float)
@@ -542,11 +640,15 @@ class VastDialect:
         if disk is not None and (isinstance(disk, bool) or not isinstance(disk, int | float)
                                  or disk <= 0):
             return "invalid_args", "error 400/3467: Invalid args: disk must be a positive number"
-        for field in ("env", "onstart"):
-            value = body.get(field)
-            if value is not None and not isinstance(value, str):
-                return "invalid_args", f"error 400/3467: Invalid args: {field} must be a string"
         onstart = body.get("onstart")
+        if onstart is not None and not isinstance(onstart, str):
+            return "invalid_args", "error 400/3467: Invalid args: onstart must be a string"
+        env = body.get("env")
+        if env is not None and not isinstance(env, str) and not (
+                isinstance(env, dict) and all(isinstance(v, str | int | float)
+                                              for v in env.values())):
+            return "invalid_args", ("error 400/3467: Invalid args: env must be a docker-flag "
+                                    "string or an object of strings")
         if isinstance(onstart, str) and len(onstart) > 4048:
             return "invalid_args", "error 400/3467: Invalid args: onstart exceeds 4048 chars"
         return None
