@@ -63,28 +63,42 @@ _CAPABILITY_FOR: dict[Event, tuple[str, str]] = {
 
 
 class _Token:
-    """The minimum ``transitions`` needs as a model: a state attribute."""
+    """The model ``transitions`` fires on: the state, and what the guard callback needs.
 
-    __slots__ = ("refusal", "state")
+    One is made per ``check``; the guard context itself is built only when a command's
+    edge asks for it, so an observation (an unguarded edge) costs no context at all.
+    """
 
-    def __init__(self, state: InstanceState) -> None:
+    __slots__ = ("capabilities", "event", "guards", "instance", "instance_id", "refusal",
+                 "state")
+
+    def __init__(self, instance_id: str, state: InstanceState, event: Event,
+                 capabilities: Capabilities, *, guards: Sequence[Guard], instance: object
+                 ) -> None:
+        self.instance_id = instance_id
         self.state = state
+        self.event = event
+        self.capabilities = capabilities
+        self.guards = guards
+        self.instance = instance
         self.refusal: str | None = None
 
 
 def _guards_allow(event_data: Any) -> bool:
+    """The one condition on every command edge: the provider's capability, then policy."""
     token: _Token = event_data.model
-    ctx: GuardContext = event_data.kwargs["ctx"]
-    guards: Sequence[Guard] = event_data.kwargs["guards"]
-    needed = _CAPABILITY_FOR.get(ctx.event)
-    if needed is not None and not getattr(ctx.capabilities, needed[0]):
+    needed = _CAPABILITY_FOR.get(token.event)
+    if needed is not None and not getattr(token.capabilities, needed[0]):
         token.refusal = needed[1]
         return False
-    for guard in guards:
-        reason = guard(ctx)
-        if reason is not None:
-            token.refusal = f"refused by policy: {reason}"
-            return False
+    if token.guards:
+        ctx = GuardContext(token.instance_id, InstanceState(event_data.state.name),
+                           token.event, token.capabilities, token.instance)
+        for guard in token.guards:
+            reason = guard(ctx)
+            if reason is not None:
+                token.refusal = f"refused by policy: {reason}"
+                return False
     return True
 
 
@@ -112,45 +126,6 @@ def _build(table: Sequence[Transition]) -> Machine:
 MACHINE: Machine = _build(TRANSITIONS)
 _EVENTS = MACHINE.events
 
-#: (state, event) → the machine's candidate edges from it, in the machine's order, as
-#: (destination, guarded). Read off MACHINE itself, so the shortcut cannot drift from it.
-_Candidates = tuple[tuple[InstanceState, bool], ...]
-_MACHINE_HOOKS = ("before_state_change", "after_state_change", "prepare_event",
-                  "finalize_event", "on_exception", "on_final")
-
-
-def _shortcut(machine: Machine) -> dict[tuple[str, str], _Candidates] | None:
-    """The machine's edges as a dict, or None when firing could do more than move.
-
-    Why: ``check()`` runs for every command and observation of every instance, and
-    ``Event.trigger`` builds an EventData, walks the callback lists and sets the state
-    on a throw-away token: three quarters of check()'s time, for a machine whose only
-    callback is ``_guards_allow``. When that holds — no state, transition or machine
-    callbacks, and conditions that are exactly ``_guards_allow`` — firing an event is a
-    dictionary look-up plus the guard check, which is what ``check`` then does. Any
-    other machine (a callback added one day) gets None here, and every call goes
-    through ``trigger`` as before.
-    """
-    if any(getattr(machine, hook, None) for hook in _MACHINE_HOOKS):
-        return None
-    if any(state.on_enter or state.on_exit for state in machine.states.values()):
-        return None
-    table: dict[tuple[str, str], _Candidates] = {}
-    for name, ev in machine.events.items():
-        for source, edges in list(ev.transitions.items()):
-            candidates = []
-            for t in edges:
-                if t.prepare or t.before or t.after or t.dest is None:
-                    return None
-                if any(c.func is not _guards_allow or not c.target for c in t.conditions):
-                    return None
-                candidates.append((InstanceState(t.dest), bool(t.conditions)))
-            table[(source, name)] = tuple(candidates)
-    return table
-
-
-_SHORTCUT = _shortcut(MACHINE)
-
 
 def check(
     instance_id: str,
@@ -161,57 +136,16 @@ def check(
     guards: Sequence[Guard] = (),
     instance: object = None,
 ) -> InstanceState:
-    """Fire ``event`` from ``state`` in memory and return the destination, or raise.
+    """Fire ``event`` from ``state`` on the ``transitions`` machine; the destination, or raise.
 
     Raises TransitionNotAllowed naming the reason: no such edge from this state, a
-    missing provider capability, or a policy guard's own words. Pure: no I/O, no writes.
+    missing provider capability, or a policy guard's own words. Pure: no I/O, no writes;
+    the state lives on a throw-away token, and the caller persists the destination.
+    KeyError for ``launch``, which creates a row rather than moving one.
     """
-    if _SHORTCUT is None:
-        return _trigger(instance_id, state, event, capabilities=capabilities, guards=guards,
-                        instance=instance)
-    # What ``_EVENTS[event].trigger`` does on the shortcut machine, minus the machinery:
-    # same order, same guard calls with the same context, same refusal text. The first
-    # candidate edge whose guard allows (or that has none) wins; else the last refusal
-    # says why. tests/test_check_fast_path.py holds the two to each other over every
-    # state, event, capability and guard answer.
-    candidates = _SHORTCUT.get((state, event))
-    if not candidates:
-        if event.value not in _EVENTS:  # launch: not a move, so not in the machine either
-            raise KeyError(event.value)
-        raise TransitionNotAllowed(
-            instance_id, state.value, event.value, f"no {event.value} edge from {state.value}"
-        )
-    refusal: str | None = None
-    ctx: GuardContext | None = None
-    for dest, guarded in candidates:
-        if not guarded:
-            return dest
-        needed = _CAPABILITY_FOR.get(event)
-        if needed is not None and not getattr(capabilities, needed[0]):
-            refusal = needed[1]
-            continue
-        if ctx is None:
-            ctx = GuardContext(instance_id, state, event, capabilities, instance)
-        for guard in guards:
-            reason = guard(ctx)
-            if reason is not None:
-                refusal = f"refused by policy: {reason}"
-                break
-        else:
-            return dest
-    raise TransitionNotAllowed(
-        instance_id, state.value, event.value, refusal or "refused by a guard"
-    )
-
-
-def _trigger(instance_id: str, state: InstanceState, event: Event, *,
-             capabilities: Capabilities, guards: Sequence[Guard], instance: object
-             ) -> InstanceState:
-    """``check`` through ``transitions`` itself: the reference the shortcut must equal."""
-    token = _Token(state)
-    ctx = GuardContext(instance_id, state, event, capabilities, instance)
+    token = _Token(instance_id, state, event, capabilities, guards=guards, instance=instance)
     try:
-        moved = _EVENTS[event.value].trigger(token, ctx=ctx, guards=guards)
+        moved = _EVENTS[event.value].trigger(token)
     except MachineError:
         raise TransitionNotAllowed(
             instance_id, state.value, event.value, f"no {event.value} edge from {state.value}"
