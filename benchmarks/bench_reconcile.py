@@ -14,6 +14,9 @@ Over HTTP the provider is the Lambda-dialect emulator on loopback, in this proce
 serving time is reported beside the pass), with ``LambdaCloudAdapter(rate_limits={})``:
 the figure is gpufsm's, not Lambda's one request per second.
 
+Beside each pass, its limit: the raw pass (``raw_pass.py``) on the same world, just
+before gpufsm's, its writes undone in between; the rows give gpufsm's ratio to it.
+
 Daemons: the same world on PostgreSQL, a third of the instances dead, and either one
 daemon or three (processes, each with its own store, adapter and lease name, started
 and connected before the clock starts) running one pass at the same moment. Actions are
@@ -23,6 +26,7 @@ same instance.
 
 from __future__ import annotations
 
+import gc
 import multiprocessing
 import statistics
 import threading
@@ -35,8 +39,10 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import httpx
 from bench_store import postgres_schema, seed
 from pydantic import SecretStr
+from raw_pass import LAMBDA_STATES, SIM_STATES, RawRun, http_listing, sim_listing, time_raw_pass
 
 from gpufsm import Fleet
 from gpufsm.adapters import ProviderAdapter, ProviderInstance, RetryPolicy
@@ -204,10 +210,23 @@ class PassResult:
     report: PassReport  # of the last round
     drifted: int  # rows that disagreed with the provider
     actions: int  # terminates issued in the last round
+    raw: list[RawRun]  # the raw pass on the same world, just before gpufsm's, per round
 
     @property
     def median_wall(self) -> float:
         return statistics.median(self.wall)
+
+    @property
+    def ratios(self) -> list[float]:
+        """gpufsm's pass over the raw pass, per round (each pair shares one world)."""
+        return [w / r.seconds for w, r in zip(self.wall, self.raw, strict=True)]
+
+    @property
+    def ratio(self) -> float:
+        return statistics.median(self.ratios)
+
+    def raw_median(self, phase: str = "seconds") -> float:
+        return float(statistics.median(getattr(r, phase) for r in self.raw))
 
     @property
     def spread(self) -> str:
@@ -246,6 +265,7 @@ def run_passes(n: int, *, workdir: Path, http: bool, rounds: int,
     serving: list[float] = []
     listing: list[float] = []
     parsing: list[float] = []
+    raw: list[RawRun] = []
     report: PassReport | None = None
     calls: Counter[str] = Counter()
     drifted = actions = 0
@@ -257,8 +277,10 @@ def run_passes(n: int, *, workdir: Path, http: bool, rounds: int,
         try:
             reconciler = Reconciler(world.fleet("bench-daemon"), ReconcileConfig(),
                                     actor="bench-daemon")
+            raw.append(_raw_round(world, f"sqlite:///{db}"))
             listed = _time_listing(world.adapter)
             parsed = _time_parsing(world.adapter)
+            gc.collect()  # as before the raw pass: neither pays for the other's garbage
             start, start_cpu = time.perf_counter(), time.process_time()
             report = reconciler.run_once()
             wall.append(time.perf_counter() - start)
@@ -279,7 +301,31 @@ def run_passes(n: int, *, workdir: Path, http: bool, rounds: int,
                 Path(f"{db}{suffix}").unlink(missing_ok=True)
     assert report is not None
     return PassResult(n, wall, cpu, serving, listing, parsing, calls, report, drifted,
-                      actions)
+                      actions, raw)
+
+
+def _raw_round(world: World, url: str) -> RawRun:
+    """The raw pass on this world's database and provider, then the world as it was:
+    its writes undone, and the calls it made forgotten (row 12 counts gpufsm's alone)."""
+    client = None
+    if world.server is None:
+        provider, listing, states = "sim", sim_listing(world.cloud), SIM_STATES
+    else:
+        client = httpx.Client(base_url=world.server.url, timeout=30.0,
+                              headers={"Authorization": f"Bearer {KEY}"})
+        provider, states = "lambda", LAMBDA_STATES
+        listing = http_listing(client, "/api/v1/instances")
+    try:
+        return time_raw_pass(url, provider=provider, listing=listing,
+                             states=states, now=world.clock.now(),
+                             drifted_ids=world.booted, drifted_pids=world.died)
+    finally:
+        if client is not None:
+            client.close()
+        world.cloud.calls.clear()
+        world.serving.clear()
+        if world.server is not None:
+            world.server.counts.clear()
 
 
 def _time_parsing(adapter: ProviderAdapter) -> list[float]:

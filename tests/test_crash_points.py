@@ -115,7 +115,7 @@ CASES: list[Case] = [
     Case("launch-refused/after:store.transition#1", "FAILED, not billable", (REFUSED,)),
     # a reconcile pass healing a launch in doubt (CREATING, no id, instance exists)
     Case("heal/after:adapter.list_instances#1", "tag listed; nothing written", (RUN,)),
-    Case("heal/after:store.transition#1", "adopted: CREATED with the id", (RUN,)),
+    Case("heal/after:store.transition_many#1", "adopted: CREATED with the id", (RUN,)),
     # Fleet.terminate of a RUNNING instance: TERMINATING → terminate → GET to confirm
     Case("terminate/before:store.transition#1", "RUNNING; the intent never committed",
          (RUN,)),

@@ -321,3 +321,27 @@ def test_the_list_order_has_an_index(store: SqlInstanceStore) -> None:
     indexes = {ix["name"]: ix["column_names"]
                for ix in inspect(store.engine).get_indexes("gpufsm_instances")}
     assert indexes["ix_instances_created"] == ["created_at", "id"]
+
+
+# -- history_many: history of many rows in one read ---------------------------------------
+
+
+def test_history_many_is_history_for_each_row(store: SqlInstanceStore) -> None:
+    recs = [store.insert(row(), actor="t") for _ in range(3)]
+    store.transition_many([died(recs[0]), died(recs[2])], actor="rec", at=T1)
+    asked = [r.id for r in recs] + ["no-such-row"]
+    many = store.history_many(asked)
+    assert sorted(many) == sorted(asked)
+    for r in recs:
+        assert list(many[r.id]) == list(store.history(r.id))
+    assert [h.event for h in many[recs[0].id]] == [E.LAUNCH, E.OBSERVED_FAILED]
+    assert many["no-such-row"] == []
+
+
+def test_history_many_reads_in_chunks(store: SqlInstanceStore,
+                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sql_module, "_ID_CHUNK", 2)
+    recs = [store.insert(row(), actor="t") for _ in range(5)]
+    many = store.history_many(r.id for r in recs)
+    assert all(len(many[r.id]) == 1 for r in recs)
+    assert store.history_many([]) == {}

@@ -3,8 +3,9 @@
 An adapter is two things. The *account*: an API key found the same way everywhere, one
 :class:`~gpufsm.adapters.HttpSeam` built from the same constructor arguments, a client to
 close, a repr that must never show the key. The *dialect*: raw statuses, error tables,
-request bodies, validation, pagination. The account part is written once, here; every
-dialect decision stays in the provider's own module, where its reasons are written down.
+endpoints, request bodies, validation, pagination. The account part is written once,
+here; the dialect is data in each provider's modules, interpreted once by
+``gpufsm.adapters._dialect``, and only a provider's true quirks are code of its own.
 
 * :class:`AdapterProfile` is the handful of per-provider facts the account part needs
   (registry name, production URL and the setting that overrides it, the key's variable,
@@ -15,12 +16,14 @@ dialect decision stays in the provider's own module, where its reasons are writt
   (``api_key`` first, then ``base_url``, ``transport``, ``client``, ``timeout``,
   ``rate_limits``, ``retry``, ``clock``, ``settings``, as ``gpufsm.adapters.ADAPTERS``
   promises), ``close`` and the context manager, ``name``, ``capabilities``, ``seam``,
-  ``_parse`` (a 2xx body we cannot read is an unknown outcome, never an empty answer) and
-  ``_before_launch`` (a read that fails before the launch is sent says so). A subclass
-  adds the protocol's operations, which is where the provider's dialect lives.
-* Small functions the dialects call: :func:`resolve_api_key`, :func:`resolve_base_url`
-  and :func:`scrub` (our key out of provider text, which every error mapper applies
-  before it cuts text short, so no part of a key can survive at a cut).
+  ``_parse`` (a 2xx body we cannot read is an unknown outcome, never an empty answer),
+  ``_call`` and ``_call_unless_absent`` (an operation of the subclass's ``endpoints``
+  table; the latter answers None on the provider's own not-found) and ``_before_launch``
+  (a read that fails before the launch is sent says so). A subclass adds the protocol's
+  operations.
+* Small functions: :func:`resolve_api_key`, :func:`resolve_base_url`, and ``scrub``
+  (re-exported from ``_dialect``: our key out of provider text, applied before any text
+  is cut short, so no part of a key can survive at a cut).
 
 **Where an adapter sends its key** is decided once, here, for the library and the CLI
 alike: the argument, else the configured setting (``GPUFSM_<P>_BASE_URL``, from the
@@ -32,21 +35,22 @@ key never goes to production by surprise (issue 9).
 from __future__ import annotations
 
 import random
+import urllib.parse
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import ClassVar, Protocol, Self, TypedDict, TypeVar
+from typing import Any, ClassVar, Protocol, Self, TypedDict, TypeVar
 
 import httpx
-import pydantic
 from pydantic import AliasChoices, BaseModel, SecretStr
 
+from gpufsm.adapters._dialect import MASK, Endpoint, parse_model, scrub
 from gpufsm.adapters._http import HttpSeam, RateLimit, RetryPolicy
 from gpufsm.clock import Clock, SystemClock
 from gpufsm.config import Settings
 from gpufsm.errors import (
     ProviderError,
-    ProviderUnavailable,
+    ProviderNotFound,
     TemporaryProviderError,
     ValidationError,
 )
@@ -62,9 +66,6 @@ __all__ = [
     "resolve_base_url",
     "scrub",
 ]
-
-#: What our key becomes in any provider text we keep (the same mask ``SecretStr`` shows).
-MASK = "**********"
 
 _M = TypeVar("_M", bound=BaseModel)
 
@@ -136,6 +137,8 @@ class HttpAdapter:
     """
 
     profile: ClassVar[AdapterProfile]
+    #: The provider's operations: op name → method, path and whether it may be retried.
+    endpoints: ClassVar[Mapping[str, Endpoint]]
 
     def __init__(
         self,
@@ -219,21 +222,29 @@ class HttpAdapter:
             raise
 
     def _parse(self, response: httpx.Response, model: type[_M], op: str) -> _M:
-        """A 2xx body as ``model``; one we cannot read is ProviderUnavailable, never empty.
+        """A 2xx body as ``model``; one we cannot read is ProviderUnavailable naming the
+        field, never an empty answer (see :func:`~gpufsm.adapters._dialect.parse_model`)."""
+        return parse_model(model, response.content, op=op, provider=self.profile.name,
+                           status=response.status_code)
 
-        Temporary on purpose: the call may have done its work (a launch may have created
-        a machine), so the outcome is unknown, and a listing we cannot read must never
-        pass for "no instances".
-        """
+    def _call(self, op: str, *, json: Any = None, params: Mapping[str, Any] | None = None,
+              attempts: int | None = None, **path: str | int) -> httpx.Response:
+        """Call the endpoint ``self.endpoints[op]`` (``path`` fills its placeholders; an
+        ``id`` is quoted) through the seam."""
+        endpoint = self.endpoints[op]
+        if "id" in path:
+            path["id"] = urllib.parse.quote(str(path["id"]), safe="")
+        return self._seam.request(endpoint.method, endpoint.path.format(**path), op=op,
+                                  idempotent=endpoint.idempotent, json=json, params=params,
+                                  attempts=attempts)
+
+    def _call_unless_absent(self, op: str, **kw: Any) -> httpx.Response | None:
+        """:meth:`_call`, answering None when the provider confirms the instance absent
+        (its own not-found envelope: a ``get`` of it is None, a ``terminate`` is done)."""
         try:
-            return model.model_validate_json(response.content)
-        except pydantic.ValidationError as exc:
-            first = exc.errors()[0] if exc.error_count() else {"loc": (), "msg": "?"}
-            where = ".".join(str(p) for p in first["loc"]) or "body"
-            raise ProviderUnavailable(
-                f"{op}: unreadable {response.status_code} response ({where}: {first['msg']})",
-                provider=self.profile.name, status_code=response.status_code,
-            ) from exc
+            return self._call(op, **kw)
+        except ProviderNotFound:
+            return None
 
 
 def _setting_for(env: str) -> str:
@@ -279,8 +290,3 @@ def resolve_base_url(base_url: str | None, profile: AdapterProfile,
         raise ValidationError(source, "must be an http:// or https:// URL", value=url)
     return url
 
-
-def scrub(text: str, secret: SecretStr | str | None) -> str:
-    """Provider text with our key masked, should a server ever echo it back."""
-    value = secret.get_secret_value() if isinstance(secret, SecretStr) else secret
-    return text.replace(value, MASK) if value else text

@@ -68,6 +68,7 @@ __all__ = [
     "TokenBucket",
     "parse_retry_after",
     "redacted_url",
+    "status_class",
 ]
 
 log = logging.getLogger("gpufsm.http")
@@ -422,24 +423,39 @@ class HttpSeam:
         return error
 
 
-def _by_status(response: httpx.Response, provider: str) -> ProviderError:
-    """An error from the HTTP status alone: the provider's mapper did not recognise it.
+def status_class(status: int) -> type[ProviderError]:
+    """The one reading of a bare HTTP status, for the seam and for every dialect.
 
     Never ProviderNotFound: a 404 without the provider's own not-found envelope is not
-    the provider confirming anything (see the module docstring).
+    the provider confirming anything (see the module docstring), so it is an unknown
+    outcome like a 5xx.
     """
+    if status == 429:
+        return RateLimited
+    if status >= 500 or status == 404:
+        return ProviderUnavailable
+    if status in (401, 403):
+        return AuthError
+    return InvalidRequest
+
+
+#: How the seam words an error it made from the status alone, by the class it chose.
+_BARE_TEXT: dict[type[ProviderError], str] = {
+    RateLimited: "rate limited: {text} from {where}",
+    AuthError: "not authorised: {text} from {where}",
+    InvalidRequest: "rejected: {text} from {where}",
+    ProviderUnavailable: "server error: {text} from {where}",
+}
+
+
+def _by_status(response: httpx.Response, provider: str) -> ProviderError:
+    """An error from the HTTP status alone: the provider's mapper did not recognise it."""
     status = response.status_code
     text = f"{status} {response.reason_phrase}" if response.reason_phrase else f"HTTP {status}"
     where = f"{response.request.method} {redacted_url(response.request.url)}"
-    kw: dict[str, Any] = {"provider": provider, "status_code": status}
-    if status == 429:
-        return RateLimited(f"rate limited: {text} from {where}", **kw)
-    if status >= 500:
-        return ProviderUnavailable(f"server error: {text} from {where}", **kw)
-    if status in (401, 403):
-        return AuthError(f"not authorised: {text} from {where}", **kw)
+    template = _BARE_TEXT[status_class(status)]
     if status == 404:
-        return ProviderUnavailable(
-            f"404 without {provider}'s error body: wrong base_url or a proxy in the way "
-            f"({where}); the outcome is unknown", **kw)
-    return InvalidRequest(f"rejected: {text} from {where}", **kw)
+        template = (f"404 without {provider}'s error body: wrong base_url or a proxy in the "
+                    "way ({where}); the outcome is unknown")
+    return status_class(status)(template.format(text=text, where=where),
+                                provider=provider, status_code=status)

@@ -1,4 +1,5 @@
-"""Novita GPU-instance payloads (``/gpu-instance/openapi/v1``) as pydantic models.
+"""Novita GPU-instance payloads (``/gpu-instance/openapi/v1``) and options as pydantic
+models, with the launch rules (``check_spec``).
 
 Novita publishes no OpenAPI file, so these models *are* our written contract, built from
 tests/fixtures/provider-api/novita/NOTES.md. Two kinds live here, on purpose:
@@ -14,11 +15,19 @@ tests/fixtures/provider-api/novita/NOTES.md. Two kinds live here, on purpose:
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
+from gpufsm.adapters._dialect import parse_options, refuse
+from gpufsm.errors import ValidationError
+from gpufsm.specs import InstanceSpec
+
 __all__ = [
+    "DEFAULT_ROOTFS_GB",
+    "GPU_RANGE",
+    "MAX_NAME",
     "BillingMode",
     "CreateInstanceRequest",
     "CreateInstanceResponse",
@@ -30,9 +39,11 @@ __all__ = [
     "ListInstancesResponse",
     "ListProductsResponse",
     "NetworkStorageMount",
+    "NovitaOptions",
     "PortMapping",
     "ProductPayload",
     "Tool",
+    "check_spec",
     "lenient_float",
     "lenient_int",
 ]
@@ -237,3 +248,104 @@ class ErrorBody(_Lenient):
     code: LenientInt = None
     reason: LenientStr = None
     message: LenientStr = None
+
+
+# ---- options and the create body ---------------------------------------------------------
+
+#: Root disk when the spec gives none: Novita's free container-disk quota (pricing guide),
+#: raised to the product's ``minRootFS`` when that is larger.
+DEFAULT_ROOTFS_GB = 60
+ROOTFS_RANGE = (10, 6144)
+GPU_RANGE = (1, 8)
+RESERVED_PORTS = frozenset({2222, 2223, 2224})
+MAX_PORTS_AND_TOOLS = 15
+MAX_ENVS = 100
+MAX_COMMAND = 2047
+MAX_NAME = 255
+#: Room kept in the 255-character name for our ``gpufsm-<token>/`` prefix.
+NAME_ROOM_FOR_TAG = 56
+
+
+class NovitaOptions(BaseModel):
+    """``InstanceSpec.options`` Novita understands; anything else is refused (typos cost
+    money when they silently fall back to a default)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    productId: str | None = Field(default=None, min_length=1, max_length=255)  # noqa: N815
+    billingMode: Literal["onDemand", "monthly", "spot"] | None = None  # noqa: N815
+    clusterId: str | None = Field(default=None, max_length=255)  # noqa: N815
+    kind: Literal["gpu", "cpu"] | None = None
+    imageAuth: str | None = None  # noqa: N815
+    imageAuthId: str | None = None  # noqa: N815
+    tools: list[Tool] | None = None
+    entrypoint: str | None = None
+    networkStorages: list[NetworkStorageMount] | None = Field(  # noqa: N815
+        default=None, max_length=30)
+    networkId: str | None = None  # noqa: N815
+    month: int | None = Field(default=None, ge=0)
+    autoRenew: bool | None = None  # noqa: N815
+    autoRenewMonth: int | None = Field(default=None, ge=0)  # noqa: N815
+    minCudaVersion: str | None = None  # noqa: N815
+    #: port → "tcp" | "http" for ``spec.ports``; tcp when not given (works for anything).
+    port_types: dict[int, Literal["tcp", "http"]] = Field(default_factory=dict)
+
+
+#: Novita takes no SSH key names: refused by name, not dropped.
+_REFUSED: Mapping[str, str] = {
+    "ssh_key_names": "Novita takes no SSH key names at create: put a public key in env "
+                     "(e.g. PUBLIC_KEY) or use the password Novita shows",
+}
+
+
+def check_spec(spec: InstanceSpec) -> NovitaOptions:
+    """Every spec field is sent (instance_type as the product, region as clusterId,
+    image, name, disk_gb, gpu_count, command, env, ports, options), checked against
+    Novita's products (max_price_per_hour, at launch) or refused here (ssh_key_names):
+    none is silently dropped."""
+    opts = parse_options(NovitaOptions, spec.options, provider="Novita")
+    if not spec.image:
+        raise ValidationError("image", "required: Novita needs an image (imageUrl)")
+    refuse(spec, _REFUSED)
+    if spec.region is not None and opts.clusterId is not None and (
+        spec.region != opts.clusterId
+    ):
+        raise ValidationError("region", "give either region or options.clusterId "
+                              "(both name the cluster)", value=spec.region)
+    if spec.disk_gb is not None and not ROOTFS_RANGE[0] <= spec.disk_gb <= ROOTFS_RANGE[1]:
+        raise ValidationError("disk_gb", "must be 10..6144 GB (Novita rootfsSize)",
+                              value=spec.disk_gb)
+    gpus = spec.gpu_count or 1
+    if not GPU_RANGE[0] <= gpus <= GPU_RANGE[1]:
+        raise ValidationError("gpu_count", "must be 1..8 (Novita gpuNum)", value=gpus)
+    _check_ports(spec.ports, opts)
+    if len(spec.env) > MAX_ENVS:
+        raise ValidationError("env", f"at most {MAX_ENVS} variables", value=len(spec.env))
+    for key in spec.env:
+        if not key:
+            raise ValidationError("env", "variable names must not be empty")
+    if spec.command is not None and len(spec.command) > MAX_COMMAND:
+        raise ValidationError("command", f"at most {MAX_COMMAND} characters",
+                              value=len(spec.command))
+    if spec.name is not None and len(spec.name) > MAX_NAME - NAME_ROOM_FOR_TAG:
+        raise ValidationError(
+            "name", f"at most {MAX_NAME - NAME_ROOM_FOR_TAG} characters: Novita keeps "
+            f"{MAX_NAME} and the ownership tag needs the rest", value=len(spec.name))
+    if opts.billingMode == "monthly" and not opts.month:
+        raise ValidationError("options.month", "monthly billing needs month >= 1")
+    return opts
+
+
+def _check_ports(ports: Sequence[int], opts: NovitaOptions) -> None:
+    for port in ports:
+        if port in RESERVED_PORTS:
+            raise ValidationError("ports", "2222-2224 are reserved by Novita", value=port)
+    if len(set(ports)) != len(ports):
+        raise ValidationError("ports", "each port once", value=ports)
+    tools = len(opts.tools or ())
+    if len(ports) + tools > MAX_PORTS_AND_TOOLS:
+        raise ValidationError("ports", f"ports plus tools must be <= {MAX_PORTS_AND_TOOLS}",
+                              value=len(ports) + tools)
+    for port in opts.port_types:
+        if port not in ports:
+            raise ValidationError(f"options.port_types.{port}", "not one of spec.ports")

@@ -1,10 +1,11 @@
-"""Lambda Cloud (Public Cloud API v1, spec 1.8.3): the adapter, its payloads and its tables.
+"""Lambda Cloud (Public Cloud API v1, spec 1.8.3): the adapter.
 
-This room translates between gpufsm's provider-neutral contract and Lambda's API:
-the raw-status table, the error-code table, the launch body (with our ownership tag in
-Lambda's native ``tags`` *and* in the name), and the pydantic models of the payloads.
-All HTTP goes through :class:`gpufsm.adapters.HttpSeam`; the account plumbing (key, seam,
-close, repr) is :class:`gpufsm.adapters._base.HttpAdapter`'s.
+This room translates between gpufsm's provider-neutral contract and Lambda's API: the
+launch body (with our ownership tag in Lambda's native ``tags`` *and* in the name), the
+price cap, the error envelope. Its tables, payloads and options are data in
+``_lambda_models``, read by the shared dialect (``_dialect``). All HTTP goes through
+:class:`gpufsm.adapters.HttpSeam`; the account plumbing (key, seam, close, repr) is
+:class:`gpufsm.adapters._base.HttpAdapter`'s.
 
 Lambda facts that shape it (see tests/fixtures/provider-api/lambda/NOTES.md):
 
@@ -15,27 +16,58 @@ Lambda facts that shape it (see tests/fixtures/provider-api/lambda/NOTES.md):
 * ``/instances`` does not paginate: one GET is the complete listing.
 * Not-found is the code ``global/object-does-not-exist`` and nothing else: a 404 without
   it is the seam's "unknown outcome" (see ``gpufsm.adapters._http``).
-* The launch request has no price cap, so ``max_price_per_hour`` is honoured here: the
-  type's price is read from ``/instance-types`` (cached for ``LAMBDA_PRICE_CACHE_SECONDS``) and
-  a launch above the cap is refused before anything is sent.
+* The launch request has no price cap, so ``max_price_per_hour`` is honoured here: a type
+  priced above it by ``/instance-types`` (cached) is refused before anything is sent.
 """
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import logging
-import re
-import urllib.parse
 from collections.abc import Mapping, Sequence
 from types import MappingProxyType
 from typing import Any
 
 import httpx
 import pydantic
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import SecretStr
 
-from gpufsm.adapters._base import AdapterProfile, HttpAdapter, scrub
+from gpufsm.adapters._base import AdapterProfile, HttpAdapter
+from gpufsm.adapters._dialect import (
+    SERVER_ERRORS,
+    Endpoint,
+    ErrorReport,
+    ErrorRules,
+    StatusTable,
+    parse_options,
+    scrub,
+)
 from gpufsm.adapters._http import RateLimit, RetryPolicy
+from gpufsm.adapters._lambda_models import (
+    LAMBDA_ERROR_PREFIXES,
+    LAMBDA_ERRORS,
+    LAMBDA_LAUNCH_OVERRIDES,
+    LAMBDA_REGIONS,
+    LAMBDA_STATUSES,
+    LAMBDA_TAG_KEY,
+    LambdaError,
+    LambdaErrorEnvelope,
+    LambdaInstance,
+    LambdaInstanceEnvelope,
+    LambdaInstanceListEnvelope,
+    LambdaInstanceType,
+    LambdaInstanceTypesEnvelope,
+    LambdaInstanceTypesItem,
+    LambdaLaunchEnvelope,
+    LambdaOptions,
+    LambdaRegion,
+    LambdaRestartEnvelope,
+    LambdaTag,
+    LambdaTerminateEnvelope,
+    check_spec,
+    rulesets,
+    user_tags,
+)
 from gpufsm.adapters._protocol import (
     TAG_PREFIX,
     InstanceTypeOffer,
@@ -44,19 +76,17 @@ from gpufsm.adapters._protocol import (
     tag_from_name,
 )
 from gpufsm.errors import (
-    AuthError,
     InsufficientCapacity,
     InvalidRequest,
     ProviderError,
-    ProviderNotFound,
     ProviderUnavailable,
-    QuotaExceeded,
     ValidationError,
 )
-from gpufsm.machines import Capabilities, InstanceState
+from gpufsm.machines import Capabilities
 from gpufsm.specs import InstanceSpec
 
 __all__ = [
+    "LAMBDA_ENDPOINTS",
     "LAMBDA_ERRORS",
     "LAMBDA_ERROR_PREFIXES",
     "LAMBDA_PRICE_CACHE_SECONDS",
@@ -75,6 +105,7 @@ __all__ = [
     "LambdaInstanceTypesEnvelope",
     "LambdaInstanceTypesItem",
     "LambdaLaunchEnvelope",
+    "LambdaOptions",
     "LambdaRegion",
     "LambdaRestartEnvelope",
     "LambdaTag",
@@ -90,68 +121,6 @@ API_PREFIX = "/api/v1"
 DEFAULT_BASE_URL = "https://cloud.lambda.ai"
 API_KEY_ENV = "LAMBDA_API_KEY"
 
-#: Every documented ``InstanceStatus`` (1.8.3) and what it means to gpufsm.
-LAMBDA_STATUSES: Mapping[str, InstanceState] = MappingProxyType({
-    "booting": InstanceState.STARTING,  # launched or restarting; no IP until active
-    "active": InstanceState.RUNNING,
-    # Broken but still allocated and billing: FAILED (billable) makes the reconciler
-    # restart or terminate it, never forget it.
-    "unhealthy": InstanceState.FAILED,
-    "terminating": InstanceState.TERMINATING,
-    "terminated": InstanceState.TERMINATED,  # Lambda itself confirms it is gone
-    # Taken back by Lambda, yet still listed and (per spec silence) possibly billed until
-    # we terminate it: FAILED + billable, so the reconciler issues a terminate. Not
-    # TERMINATED, which must mean *confirmed gone*.
-    "preempted": InstanceState.FAILED,
-})
-
-#: Every documented error ``code`` (1.8.3, plus 1.4.0's extra codes) → gpufsm error.
-LAMBDA_ERRORS: Mapping[str, type[ProviderError]] = MappingProxyType({
-    "global/invalid-api-key": AuthError,
-    "global/account-inactive": AuthError,
-    # A billing-address problem, 403 on launch only. Lambda bills afterwards (no balance
-    # to run out of) and keeps the running instances alive, so this is the account
-    # refusing new work, like account-inactive, not "the account cannot pay": mapping it
-    # to InsufficientCredit would fire the destroy-everything emergency policy.
-    "global/invalid-address": AuthError,
-    "global/invalid-parameters": InvalidRequest,
-    # On launch it names a missing ssh key / image / filesystem: see _LAUNCH_OVERRIDES.
-    "global/object-does-not-exist": ProviderNotFound,
-    "instance-operations/launch/insufficient-capacity": InsufficientCapacity,
-    "instance-operations/launch/file-system-in-wrong-region": InvalidRequest,
-    "global/quota-exceeded": QuotaExceeded,
-    "global/duplicate": InvalidRequest,
-    "filesystems/filesystem-in-use": InvalidRequest,
-    "firewall-rulesets/firewall-ruleset-in-use": InvalidRequest,
-    # "An internal server error occurred. Try again later." (sent as 409).
-    "global/internal-error": ProviderUnavailable,
-    # 1.4.0 only. An error Lambda could not classify: the outcome is unknown, so it is
-    # temporary (a launch that answered this may have created a machine).
-    "global/unknown": ProviderUnavailable,
-    "instance-operations/launch/file-systems-not-supported": InvalidRequest,
-    "ssh-keys/key-in-use": InvalidRequest,
-})
-
-#: Code prefixes: ``provider/*`` errors come from Lambda's upstream providers
-#: (e.g. ``provider/internal-unavailable``, "Try again shortly").
-LAMBDA_ERROR_PREFIXES: Mapping[str, type[ProviderError]] = MappingProxyType({
-    "provider/": ProviderUnavailable,
-})
-
-# On launch, "object does not exist" is about something the request referenced (an ssh
-# key, an image, a filesystem), not an instance: it must not read as "instance gone".
-_LAUNCH_OVERRIDES: Mapping[str, type[ProviderError]] = MappingProxyType({
-    "global/object-does-not-exist": InvalidRequest,
-})
-
-#: ``PublicRegionCode`` of spec 1.8.3: launch refuses any other region name.
-LAMBDA_REGIONS: tuple[str, ...] = (
-    "europe-central-1", "asia-south-1", "australia-east-1", "me-west-1",
-    "asia-northeast-1", "asia-northeast-2", "us-east-1", "us-west-2", "us-west-1",
-    "us-south-1", "us-west-3", "us-midwest-1", "us-east-2", "us-south-2", "us-south-3",
-    "us-east-3", "us-midwest-2",
-)
-
 #: Documented limits: ~1 request/s (burst 2, so a get right after a launch does not
 #: wait), and launch 1 per 12 s.
 LAMBDA_RATE_LIMITS: Mapping[str, RateLimit] = MappingProxyType({
@@ -163,128 +132,34 @@ LAMBDA_RATE_LIMITS: Mapping[str, RateLimit] = MappingProxyType({
 #: the seam's sub-second default would burn the attempts inside one window.
 LAMBDA_RETRY = RetryPolicy(attempts=5, initial=1.0, max_backoff=30.0)
 
-#: Our ownership tag lives under this key; the value is the tag without ``gpufsm-``.
-LAMBDA_TAG_KEY = "gpufsm"
-
 #: How long the prices read for a ``max_price_per_hour`` check are reused: prices change
 #: rarely, and a batch of launches should not cost one extra request each.
 LAMBDA_PRICE_CACHE_SECONDS = 300.0
 
 _NAME_MAX = 64
-_HOSTNAME_RE = re.compile(r"^[a-z0-9][0-9a-z-]{0,62}$")
-_TAG_KEY_RE = re.compile(r"^[a-z][a-z0-9-:]+$")
-_TAG_KEY_MAX = 55
 _TAG_VALUE_MAX = 128
-_MOUNT_RE = re.compile(r"^(/home|/lambda/nfs|/data)[//a-zA-Z0-9-]*$")
-_MOUNT_MAX = 256
-# "cannot exceed 1MB": read as 10**6 bytes, the stricter reading, so we never send a
-# body Lambda might refuse after we committed the launch row.
-_USER_DATA_MAX = 1_000_000
-_GPU_COUNT_RE = re.compile(r"^gpu_(\d+)x_")
-_OPTIONS = ("file_system_mounts", "file_system_names", "firewall_rulesets", "hostname",
-            "image", "tags")
 
+#: Lambda's operations. Restart is not retried after an unclear failure: a restart that
+#: did happen makes the retry fail (the instance is booting), which would report a
+#: success as refused. Terminate is (terminating twice is harmless).
+LAMBDA_ENDPOINTS: Mapping[str, Endpoint] = MappingProxyType({
+    "launch": Endpoint("POST", f"{API_PREFIX}/instance-operations/launch", idempotent=False),
+    "get": Endpoint("GET", f"{API_PREFIX}/instances/{{id}}", idempotent=True),
+    "list": Endpoint("GET", f"{API_PREFIX}/instances", idempotent=True),
+    "restart": Endpoint("POST", f"{API_PREFIX}/instance-operations/restart",
+                        idempotent=False),
+    "terminate": Endpoint("POST", f"{API_PREFIX}/instance-operations/terminate",
+                          idempotent=True),
+    "rename": Endpoint("POST", f"{API_PREFIX}/instances/{{id}}", idempotent=True),
+    "instance_types": Endpoint("GET", f"{API_PREFIX}/instance-types", idempotent=True),
+})
 
-# ---- payloads --------------------------------------------------------------------------
-
-
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="ignore", coerce_numbers_to_str=True)
-
-
-class LambdaRegion(_Model):
-    name: str
-    description: str | None = None
-
-
-class LambdaInstanceTypeSpecs(_Model):
-    vcpus: int | None = None
-    memory_gib: int | None = None
-    storage_gib: int | None = None
-    gpus: int | None = None
-
-
-class LambdaInstanceType(_Model):
-    name: str
-    description: str | None = None
-    gpu_description: str | None = None
-    price_cents_per_hour: float | None = None
-    specs: LambdaInstanceTypeSpecs | None = None
-
-
-class LambdaTag(_Model):
-    key: str
-    value: str = ""
-
-
-class LambdaInstance(_Model):
-    """``Instance``: only id and status are needed to observe; the rest may be absent
-    (``ip`` and ``hostname`` are missing while it boots)."""
-
-    id: str
-    status: str
-    name: str | None = None
-    ip: str | None = None
-    private_ip: str | None = None
-    hostname: str | None = None
-    region: LambdaRegion | None = None
-    instance_type: LambdaInstanceType | None = None
-    ssh_key_names: list[str] = Field(default_factory=list)
-    file_system_names: list[str] = Field(default_factory=list)
-    tags: list[LambdaTag] | None = None
-    actions: dict[str, Any] | None = None
-
-
-class LambdaInstanceTypesItem(_Model):
-    instance_type: LambdaInstanceType
-    regions_with_capacity_available: list[LambdaRegion] = Field(default_factory=list)
-
-
-class LambdaLaunchResponse(_Model):
-    instance_ids: list[str]
-
-
-class LambdaRestartResponse(_Model):
-    restarted_instances: list[LambdaInstance] = Field(default_factory=list)
-
-
-class LambdaTerminateResponse(_Model):
-    terminated_instances: list[LambdaInstance] = Field(default_factory=list)
-
-
-class LambdaInstanceListEnvelope(_Model):
-    data: list[LambdaInstance]
-
-
-class LambdaInstanceEnvelope(_Model):
-    data: LambdaInstance
-
-
-class LambdaInstanceTypesEnvelope(_Model):
-    data: dict[str, LambdaInstanceTypesItem]
-
-
-class LambdaLaunchEnvelope(_Model):
-    data: LambdaLaunchResponse
-
-
-class LambdaRestartEnvelope(_Model):
-    data: LambdaRestartResponse
-
-
-class LambdaTerminateEnvelope(_Model):
-    data: LambdaTerminateResponse
-
-
-class LambdaError(_Model):
-    code: str
-    message: str = ""
-    suggestion: str | None = None
-
-
-class LambdaErrorEnvelope(_Model):
-    error: LambdaError
-    field_errors: dict[str, Any] | None = None  # 1.4.0 only
+# 429 and 5xx mean the status itself whatever the body says; an undocumented code is
+# logged and left to the seam.
+_RULES = ErrorRules(PROVIDER, LAMBDA_ERRORS, log, prefixes=LAMBDA_ERROR_PREFIXES,
+                    status_decides=SERVER_ERRORS | {429}, text_limit=800)
+_LAUNCH_RULES = dataclasses.replace(_RULES, codes={**LAMBDA_ERRORS, **LAMBDA_LAUNCH_OVERRIDES})
+_STATUS = StatusTable(PROVIDER, LAMBDA_STATUSES, log)
 
 
 # ---- mapping ---------------------------------------------------------------------------
@@ -296,31 +171,20 @@ def map_lambda_error(response: httpx.Response, provider: str, *,
 
     None (the seam then maps by HTTP status) for 429 and 5xx, whose meaning is the
     status itself whatever the body says, and for bodies without a known code.
-    ``secret`` (the API key) is masked in the body before any of its text is kept.
+    ``secret`` (the API key) is masked before any of the provider's text is kept.
     """
-    status = response.status_code
-    if status == 429 or status >= 500:
-        return None
     try:
         envelope = LambdaErrorEnvelope.model_validate_json(scrub(response.text, secret))
     except pydantic.ValidationError:
         return None
-    code = envelope.error.code
-    cls = LAMBDA_ERRORS.get(code)
-    if cls is None:
-        cls = next((c for p, c in LAMBDA_ERROR_PREFIXES.items() if code.startswith(p)), None)
-    if cls is None:
-        log.warning("%s: undocumented error code %r (HTTP %d); mapping by status",
-                    provider, code, status)
-        return None
-    if _is_launch(response):
-        cls = _LAUNCH_OVERRIDES.get(code, cls)
-    message = envelope.error.message[:300] or f"HTTP {status}"
-    if envelope.error.suggestion:
-        message = f"{message} ({envelope.error.suggestion[:200]})"
+    error = envelope.error
+    message = error.message[:300] or f"HTTP {response.status_code}"
+    if error.suggestion:
+        message = f"{message} ({error.suggestion[:200]})"
     if envelope.field_errors:
         message = f"{message}; fields: {', '.join(sorted(envelope.field_errors))[:200]}"
-    return cls(message, provider=provider, code=code, status_code=status)
+    rules = _LAUNCH_RULES if _is_launch(response) else _RULES
+    return rules.error(ErrorReport([error.code], message), response, secret=secret)
 
 
 def _is_launch(response: httpx.Response) -> bool:
@@ -341,15 +205,11 @@ def _tag_of(inst: LambdaInstance) -> str | None:
 
 def to_provider_instance(inst: LambdaInstance) -> ProviderInstance:
     """One Lambda ``Instance`` as gpufsm sees it; unknown statuses become UNKNOWN."""
-    state = LAMBDA_STATUSES.get(inst.status)
-    if state is None:
-        log.warning("%s: instance %s reports unknown status %r; state UNKNOWN",
-                    PROVIDER, inst.id, inst.status)
     cents = inst.instance_type.price_cents_per_hour if inst.instance_type else None
     return ProviderInstance(
         provider_instance_id=inst.id,
         raw_status=inst.status,
-        state=state,
+        state=_STATUS.state(inst.id, inst.status),
         tag=_tag_of(inst),
         name=inst.name,
         ip=inst.ip,
@@ -374,6 +234,7 @@ class LambdaCloudAdapter(HttpAdapter):
         # A client passed in is handed over for good: close() closes it too, which is
         # what this adapter's callers have always relied on.
         closes_given_client=True)
+    endpoints = LAMBDA_ENDPOINTS
 
     # ---- validation ----------------------------------------------------------------
 
@@ -381,47 +242,9 @@ class LambdaCloudAdapter(HttpAdapter):
     _prices: tuple[float, dict[str, float]] | None = None
 
     def validate(self, spec: InstanceSpec) -> None:
-        """Lambda's launch rules, checked before anything is written or sent.
-
-        Every spec field is either sent (instance_type, region, name, ssh_key_names,
-        command as user data, options), checked against Lambda's own data
-        (max_price_per_hour at launch, gpu_count against the type) or refused here
-        (image, disk_gb, env, ports): none is silently dropped.
-        """
-        if len(spec.ssh_key_names) != 1:
-            raise ValidationError("ssh_key_names", "Lambda needs exactly one SSH key name",
-                                  value=list(spec.ssh_key_names))
-        if not spec.region:
-            raise ValidationError("region", "required: Lambda launches into a named region")
-        if spec.region not in LAMBDA_REGIONS:
-            raise ValidationError("region", f"not a Lambda region; one of "
-                                  f"{', '.join(LAMBDA_REGIONS)}", value=spec.region)
-        if not spec.instance_type:
-            raise ValidationError("instance_type", "required")
-        gpus = _GPU_COUNT_RE.match(spec.instance_type)
-        if spec.gpu_count is not None and gpus is None:
-            raise ValidationError("gpu_count", "fixed by the Lambda instance type; leave "
-                                  "unset", value=spec.gpu_count)
-        if spec.gpu_count is not None and gpus and int(gpus.group(1)) != spec.gpu_count:
-            raise ValidationError("gpu_count", f"{spec.instance_type} has {gpus.group(1)} "
-                                  "GPU(s); the count is fixed by the type",
-                                  value=spec.gpu_count)
-        # Lambda rents whole VMs of fixed shape: these would be silently ignored.
-        if spec.image is not None:
-            raise ValidationError("image", "Lambda boots VM images, not containers: give "
-                                  "options.image as {'id': ...} or {'family': ...}",
-                                  value=spec.image)
-        if spec.disk_gb is not None:
-            raise ValidationError("disk_gb", "fixed by the Lambda instance type; leave unset")
-        if spec.env:
-            raise ValidationError("env", "Lambda VMs take no environment; use command "
-                                  "(cloud-init user data)")
-        if spec.ports:
-            raise ValidationError("ports", "Lambda opens ports with firewall rulesets; use "
-                                  "options.firewall_rulesets")
-        if spec.command is not None and len(spec.command.encode()) > _USER_DATA_MAX:
-            raise ValidationError("command", f"user data is at most {_USER_DATA_MAX} bytes")
-        _validate_options(spec.options)
+        """Lambda's launch rules (``_lambda_models.check_spec``), before anything is
+        written or sent: no spec field is silently dropped."""
+        check_spec(spec)
 
     # ---- commands ------------------------------------------------------------------
 
@@ -436,8 +259,7 @@ class LambdaCloudAdapter(HttpAdapter):
         if request.spec.max_price_per_hour is not None:
             with self._before_launch():
                 self._check_price(request.spec.instance_type, request.spec.max_price_per_hour)
-        response = self._seam.request("POST", f"{API_PREFIX}/instance-operations/launch",
-                                      op="launch", idempotent=False, json=body)
+        response = self._call("launch", json=body)
         ids = self._parse(response, LambdaLaunchEnvelope, "launch").data.instance_ids
         if not ids:
             raise ProviderUnavailable("launch answered 200 without an instance id; "
@@ -474,6 +296,7 @@ class LambdaCloudAdapter(HttpAdapter):
         """The ``InstanceLaunchRequest`` for ``request`` (no ``quantity``: 1.8.3 has none)."""
         spec = request.spec
         options = spec.options
+        parsed = parse_options(LambdaOptions, options, provider="Lambda")
         value = request.tag.removeprefix(TAG_PREFIX)
         if not request.tag.startswith(TAG_PREFIX) or not value:
             raise ValidationError("tag", f"must be {TAG_PREFIX}<token>", value=request.tag)
@@ -485,7 +308,7 @@ class LambdaCloudAdapter(HttpAdapter):
             "instance_type_name": spec.instance_type,
             "ssh_key_names": list(spec.ssh_key_names),
             "name": _launch_name(request.tag, spec.name),
-            "tags": [{"key": LAMBDA_TAG_KEY, "value": value}, *_user_tags(options)],
+            "tags": [{"key": LAMBDA_TAG_KEY, "value": value}, *user_tags(parsed)],
         }
         if spec.command is not None:
             body["user_data"] = spec.command
@@ -493,24 +316,19 @@ class LambdaCloudAdapter(HttpAdapter):
             if options.get(key) is not None:
                 body[key] = options[key]
         if options.get("firewall_rulesets") is not None:
-            body["firewall_rulesets"] = [
-                {"id": r} if isinstance(r, str) else {"id": r["id"]}
-                for r in options["firewall_rulesets"]
-            ]
+            body["firewall_rulesets"] = rulesets(options["firewall_rulesets"])
         return body
 
     def get(self, provider_instance_id: str) -> ProviderInstance | None:
-        try:
-            response = self._seam.request("GET", self._instance_path(provider_instance_id),
-                                          op="get", idempotent=True)
-        except ProviderNotFound:  # global/object-does-not-exist, and only that
+        # None only on global/object-does-not-exist, and nothing else.
+        response = self._call_unless_absent("get", id=provider_instance_id)
+        if response is None:
             return None
         return to_provider_instance(self._parse(response, LambdaInstanceEnvelope, "get").data)
 
     def list_instances(self) -> Sequence[ProviderInstance]:
         """The whole account in one call (no pagination), or an error: never partial."""
-        response = self._seam.request("GET", f"{API_PREFIX}/instances", op="list",
-                                      idempotent=True)
+        response = self._call("list")
         data = self._parse(response, LambdaInstanceListEnvelope, "list").data
         return [to_provider_instance(inst) for inst in data]
 
@@ -525,30 +343,21 @@ class LambdaCloudAdapter(HttpAdapter):
     def restart(self, provider_instance_id: str) -> None:
         """Not retried after an unclear failure: a restart that did happen makes the
         retry fail (the instance is booting), which would report a success as refused."""
-        self._seam.request("POST", f"{API_PREFIX}/instance-operations/restart",
-                           op="restart", idempotent=False,
-                           json={"instance_ids": [provider_instance_id]})
+        self._call("restart", json={"instance_ids": [provider_instance_id]})
 
     def terminate(self, provider_instance_id: str) -> None:
         """Idempotent: Lambda's not-found for the instance means it is already gone."""
-        try:
-            self._seam.request("POST", f"{API_PREFIX}/instance-operations/terminate",
-                               op="terminate", idempotent=True,
-                               json={"instance_ids": [provider_instance_id]})
-        except ProviderNotFound:
-            return
+        self._call_unless_absent("terminate", json={"instance_ids": [provider_instance_id]})
 
     def rename(self, provider_instance_id: str, name: str) -> ProviderInstance:
         """Set the instance's name. Ownership survives: it is read from tags first."""
         if len(name) > _NAME_MAX:
             raise ValidationError("name", f"at most {_NAME_MAX} characters", value=name)
-        response = self._seam.request("POST", self._instance_path(provider_instance_id),
-                                      op="rename", idempotent=True, json={"name": name})
+        response = self._call("rename", id=provider_instance_id, json={"name": name})
         return to_provider_instance(self._parse(response, LambdaInstanceEnvelope, "rename").data)
 
     def instance_types(self) -> Sequence[InstanceTypeOffer]:
-        response = self._seam.request("GET", f"{API_PREFIX}/instance-types",
-                                      op="instance_types", idempotent=True)
+        response = self._call("instance_types")
         items = self._parse(response, LambdaInstanceTypesEnvelope, "instance_types").data
         offers = []
         for key, item in items.items():
@@ -568,10 +377,6 @@ class LambdaCloudAdapter(HttpAdapter):
             ))
         self._prices = (self._clock.monotonic(), {o.name: o.price_per_hour for o in offers})
         return offers
-
-    @staticmethod
-    def _instance_path(provider_instance_id: str) -> str:
-        return f"{API_PREFIX}/instances/{urllib.parse.quote(provider_instance_id, safe='')}"
 
 
 # ---- helpers ---------------------------------------------------------------------------
@@ -593,88 +398,3 @@ def _launch_name(tag: str, user_name: str | None) -> str:
     return f"{tag}/{user_name[:room]}"
 
 
-def _user_tags(options: Mapping[str, Any]) -> list[dict[str, str]]:
-    raw = options.get("tags")
-    if raw is None:
-        return []
-    if isinstance(raw, Mapping):
-        return [{"key": str(k), "value": str(v)} for k, v in raw.items()]
-    return [{"key": str(t["key"]), "value": str(t["value"])} for t in raw]
-
-
-def _validate_options(options: Mapping[str, Any]) -> None:
-    for key in options:
-        if key not in _OPTIONS:
-            raise ValidationError(f"options.{key}", f"not a Lambda option; known: "
-                                  f"{', '.join(_OPTIONS)}")
-    hostname = options.get("hostname")
-    if hostname is not None and (
-        not isinstance(hostname, str) or not _HOSTNAME_RE.fullmatch(hostname)
-    ):
-        raise ValidationError("options.hostname", f"must match {_HOSTNAME_RE.pattern}",
-                              value=hostname)
-    _validate_tags(options.get("tags"))
-    _validate_image(options.get("image"))
-    names = options.get("file_system_names")
-    if names is not None and (
-        not isinstance(names, list | tuple) or not all(isinstance(n, str) and n for n in names)
-    ):
-        raise ValidationError("options.file_system_names", "a list of filesystem names")
-    _validate_mounts(options.get("file_system_mounts"))
-    rulesets = options.get("firewall_rulesets")
-    if rulesets is not None and (not isinstance(rulesets, list | tuple) or not all(
-        (isinstance(r, str) and r) or (isinstance(r, Mapping) and isinstance(r.get("id"), str))
-        for r in rulesets
-    )):
-        raise ValidationError("options.firewall_rulesets",
-                              "a list of ruleset ids (or {'id': ...})")
-
-
-def _validate_tags(raw: object) -> None:
-    if raw is None:
-        return
-    field = "options.tags"
-    pairs: list[tuple[object, object]]
-    if isinstance(raw, Mapping):
-        pairs = list(raw.items())
-    elif isinstance(raw, list | tuple) and all(
-        isinstance(t, Mapping) and set(t) == {"key", "value"} for t in raw
-    ):
-        pairs = [(t["key"], t["value"]) for t in raw]
-    else:
-        raise ValidationError(field, "a mapping {key: value} or a list of {key, value}")
-    for key, value in pairs:
-        if not isinstance(key, str) or len(key) > _TAG_KEY_MAX or not _TAG_KEY_RE.fullmatch(key):
-            raise ValidationError(f"{field}.{key}", f"keys match {_TAG_KEY_RE.pattern} and "
-                                  f"are at most {_TAG_KEY_MAX} characters", value=key)
-        if key == LAMBDA_TAG_KEY:
-            raise ValidationError(f"{field}.{key}", "reserved for gpufsm's ownership tag")
-        if not isinstance(value, str) or len(value) > _TAG_VALUE_MAX:
-            raise ValidationError(f"{field}.{key}", f"values are strings of at most "
-                                  f"{_TAG_VALUE_MAX} characters", value=value)
-
-
-def _validate_image(image: object) -> None:
-    if image is None:
-        return
-    if not (isinstance(image, Mapping) and len(image) == 1 and (
-        isinstance(image.get("id"), str) or isinstance(image.get("family"), str)
-    ) and all(image.values())):
-        raise ValidationError("options.image", "exactly one of {'id': ...} or "
-                              "{'family': ...}", value=json.dumps(image, default=str)[:200])
-
-
-def _validate_mounts(mounts: object) -> None:
-    if mounts is None:
-        return
-    field = "options.file_system_mounts"
-    if not isinstance(mounts, list | tuple):
-        raise ValidationError(field, "a list of {mount_point, file_system_id}")
-    for mount in mounts:
-        if not (isinstance(mount, Mapping) and isinstance(mount.get("file_system_id"), str)
-                and isinstance(mount.get("mount_point"), str)):
-            raise ValidationError(field, "each entry has mount_point and file_system_id")
-        point = mount["mount_point"]
-        if len(point) > _MOUNT_MAX or not _MOUNT_RE.fullmatch(point):
-            raise ValidationError(field, f"mount_point must match {_MOUNT_RE.pattern}",
-                                  value=point)

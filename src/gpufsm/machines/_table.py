@@ -149,18 +149,7 @@ def validate_table(table: Iterable[Transition]) -> None:
     launches = [t for t in edges if not t.sources]
     if len(launches) != 1 or launches[0].event is not E.LAUNCH or launches[0].dest != INITIAL_STATE:
         raise DefinitionError("exactly one source-less edge, launch → CREATING, is required")
-    seen_pairs: dict[tuple[InstanceState, Event], InstanceState] = {}
-    for t in edges:
-        if not t.comment.strip():
-            raise DefinitionError(f"edge {t.event} → {t.dest} has no comment")
-        if S.TERMINATED in t.sources:
-            raise DefinitionError(f"edge {t.event} leaves TERMINATED, which is absorbing")
-        if len(set(t.sources)) != len(t.sources):
-            raise DefinitionError(f"edge {t.event} lists a source twice")
-        for src in t.sources:
-            if (src, t.event) in seen_pairs:
-                raise DefinitionError(f"{t.event} from {src} has two destinations")
-            seen_pairs[(src, t.event)] = t.dest
+    _check_edges(edges)
     forward: dict[InstanceState, set[InstanceState]] = defaultdict(set)
     backward: dict[InstanceState, set[InstanceState]] = defaultdict(set)
     for t in edges:
@@ -175,6 +164,23 @@ def validate_table(table: Iterable[Transition]) -> None:
     events = {t.event for t in edges}
     if missing := {e for e in _OBSERVED.values() if e not in events}:
         raise DefinitionError(f"observation events without an edge: {sorted(missing)}")
+
+
+def _check_edges(edges: tuple[Transition, ...]) -> None:
+    """The per-edge rules of validate_table: a comment, nothing out of TERMINATED, no
+    source listed twice, one destination per (state, event)."""
+    seen_pairs: dict[tuple[InstanceState, Event], InstanceState] = {}
+    for t in edges:
+        if not t.comment.strip():
+            raise DefinitionError(f"edge {t.event} → {t.dest} has no comment")
+        if S.TERMINATED in t.sources:
+            raise DefinitionError(f"edge {t.event} leaves TERMINATED, which is absorbing")
+        if len(set(t.sources)) != len(t.sources):
+            raise DefinitionError(f"edge {t.event} lists a source twice")
+        for src in t.sources:
+            if (src, t.event) in seen_pairs:
+                raise DefinitionError(f"{t.event} from {src} has two destinations")
+            seen_pairs[(src, t.event)] = t.dest
 
 
 def _closure(

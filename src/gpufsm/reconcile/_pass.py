@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import partial
@@ -42,7 +42,14 @@ from gpufsm.notify import WebhookDispatcher
 from gpufsm.reconcile._config import OrphanPolicy, ReconcileConfig
 from gpufsm.reconcile._policy import Action, Policy, Snapshot
 from gpufsm.reconcile._report import Change, PassReport, Problem
-from gpufsm.store import InstanceRecord, InstanceStore, TrackedInstance, gc_paused
+from gpufsm.store import (
+    InstanceRecord,
+    InstanceStore,
+    Move,
+    TrackedInstance,
+    TransitionRecord,
+    gc_paused,
+)
 
 __all__ = ["Reconciler"]
 
@@ -91,6 +98,8 @@ class Reconciler:
         self._claimed: set[str] = set()
         self._last_get: dict[str, float] = {}  # row id → monotonic time of its last GET
         self._everyone: list[TrackedInstance] = []
+        self._histories: Mapping[str, Sequence[TransitionRecord]] = {}
+        self._history_versions: dict[str, int] = {}
         self.credit_exhausted: set[str] = set()
 
     # ---- the pass ----------------------------------------------------------------------
@@ -173,19 +182,31 @@ class Reconciler:
                 self._row_failed(provider, row.id, exc, report)
                 continue
             seen.append((row, observation))
-        # Sync, the simple part at once: observations that change nothing or make one
-        # transition are decided in memory and committed together. The rest (drift, a
-        # health gate, adoption, a row that moved meanwhile) go through observe() below,
-        # in row order with each row's step, exactly as without batching.
-        batched = self.fleet.observe_batched(seen, actor=self.actor)
+        self._sync_and_step(provider, rows, seen, view, report)
+        if view.instances is not None:
+            self._orphans(provider, view.instances, report, rows)
+
+    def _sync_and_step(self, provider: str, rows: Sequence[TrackedInstance],
+                       seen: Sequence[tuple[TrackedInstance, Observation]], view: _View,
+                       report: PassReport) -> None:
+        """Sync every row (decided together, moves committed together), then step each.
+
+        A row the batch could not write (another thread holds it, it moved meanwhile)
+        goes through ``observe``, in row order with the rest of its row's work.
+        """
+        batched = self.fleet._observe_outcomes(seen, self.actor)
+        # Terminate attempts of every TERMINATING row, read at once (not one per row).
+        self._histories = self.fleet.store.history_many(
+            [r.id for r in rows if r.state is S.TERMINATING and r.provider_instance_id])
+        self._history_versions = {r.id: r.version for r in rows}
         for (row, observation), done in zip(seen, batched, strict=True):
             try:
                 record: _Row
                 if done is None:
                     record = self._sync(row, observation, report)
                 else:
-                    record = done
-                    self._record_changes(row, record, report)
+                    record = done.after
+                    report.changes.extend(_changes(record, done.moves))
                 for _ in range(3):  # a step may lead to another: timed out → terminate
                     after = self._step(record, view, report)
                     if after is None or after.state is record.state:
@@ -193,8 +214,6 @@ class Reconciler:
                     record = after
             except Exception as exc:  # one odd row never stops the pass
                 self._row_failed(provider, row.id, exc, report)
-        if view.instances is not None:
-            self._orphans(provider, view.instances, report, rows)
 
     def _row_failed(self, provider: str, instance_id: str, exc: Exception,
                     report: PassReport) -> None:
@@ -344,7 +363,13 @@ class Reconciler:
     def _terminate_attempts(self, record: _Row) -> tuple[int, datetime]:
         """Terminates issued since the row became TERMINATING, and when the last was."""
         attempts, last = 0, None
-        for h in reversed(self.fleet.history(record.id)):
+        if self._history_versions.get(record.id) == record.version:
+            history = self._histories.get(record.id, ())  # read with the pass's rows
+        elif record.id not in self._histories and record.entered_by is Event.TERMINATE:
+            return 1, record.state_entered_at  # terminated by this pass: one attempt
+        else:
+            history = self.fleet.history(record.id)  # moved during this pass
+        for h in reversed(history):
             if h.to_state is not S.TERMINATING:
                 break
             if h.event is Event.TERMINATE:
@@ -497,6 +522,14 @@ class Reconciler:
                 counts[1] += 1
         for name, (asked, done) in sorted(tally.items()):
             report.notes.append(f"policy {name}: acted on {done}/{asked}")
+
+
+def _changes(after: _Row, moves: Sequence[Move]) -> list[Change]:
+    """The report's lines for the moves a batch committed (what their history says)."""
+    return [Change(after.id, after.provider, m.from_state.value, m.to_state.value,
+                   m.event.value,
+                   m.reason or (f"provider reports {m.raw_status!r}" if m.raw_status else ""))
+            for m in moves]
 
 
 def _needs_watching(record: _Row) -> bool:

@@ -30,8 +30,9 @@ class InstanceStore(Protocol):
 
     For fleets: ``transition_many`` commits many moves in one transaction and reports
     the stale ones (``BatchOutcome.conflicts``) instead of raising; ``list_tracked``
-    returns the slim TrackedInstance view of the rows ``list`` returns, and
-    ``find_tracked`` is ``find`` for many tags and provider ids at once.
+    returns the slim TrackedInstance view of the rows ``list`` returns,
+    ``find_tracked`` is ``find`` for many tags and provider ids at once, and
+    ``history_many`` is ``history`` for many rows (id → its history, oldest first).
     """
 
     def insert(self, record: InstanceRecord, *, actor: str, reason: str | None = None,
@@ -81,6 +82,9 @@ class InstanceStore(Protocol):
                      ) -> Sequence[TrackedInstance]: ...
 
     def history(self, instance_id: str) -> Sequence[TransitionRecord]: ...
+
+    def history_many(self, instance_ids: Iterable[str]
+                     ) -> Mapping[str, Sequence[TransitionRecord]]: ...
 
     def claim(self, owner: str, instance_ids: Sequence[str], *, now: datetime,
               ttl: float, limit: int | None = None) -> Sequence[InstanceRecord]: ...

@@ -315,21 +315,7 @@ class EmulatorServer:
             return self._record(key, self.dialect.unauthorized(), request)
         fault = self._take_fault(request)
         if fault is not None:
-            answer: EmulatorResponse | None = None
-            if fault.kind == "429":
-                answer = self.dialect.rate_limited()
-                if fault.retry_after is not None:
-                    answer.headers["Retry-After"] = f"{fault.retry_after:g}"
-            elif fault.kind == "5xx":
-                answer = self.dialect.server_error()
-                answer.status = fault.status
-            elif fault.kind == "401":
-                answer = self.dialect.unauthorized()
-            elif fault.kind == "error":
-                answer = self.dialect.provider_error(request, fault.status, fault.code or "",
-                                                     fault.message)
-            elif fault.kind == "404":
-                answer = EmulatorResponse(404, _BARE_404, content_type="text/html")
+            answer = self._fault_answer(fault, request)
             if answer is not None:
                 if fault.echo_key:
                     answer = _echo(answer, _bearer(request))
@@ -344,6 +330,26 @@ class EmulatorServer:
                     self.log.append((request.method, request.path, 0))
                 return None
         return self._record(key, self.dialect.handle(request), request)
+
+    def _fault_answer(self, fault: HttpFault, request: EmulatorRequest) -> EmulatorResponse | None:
+        """The canned answer a fault stands for, or None for the kinds that answer
+        nothing themselves (slow, drop)."""
+        answer: EmulatorResponse | None = None
+        if fault.kind == "429":
+            answer = self.dialect.rate_limited()
+            if fault.retry_after is not None:
+                answer.headers["Retry-After"] = f"{fault.retry_after:g}"
+        elif fault.kind == "5xx":
+            answer = self.dialect.server_error()
+            answer.status = fault.status
+        elif fault.kind == "401":
+            answer = self.dialect.unauthorized()
+        elif fault.kind == "error":
+            answer = self.dialect.provider_error(request, fault.status, fault.code or "",
+                                                 fault.message)
+        elif fault.kind == "404":
+            answer = EmulatorResponse(404, _BARE_404, content_type="text/html")
+        return answer
 
     def _record(self, key: str, response: EmulatorResponse,
                 request: EmulatorRequest) -> EmulatorResponse:

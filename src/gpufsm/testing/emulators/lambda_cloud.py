@@ -193,32 +193,39 @@ class LambdaDialect:
         parts = [urllib.parse.unquote(p) for p in request.path[len(_PREFIX) + 1:].split("/")]
         route = (request.method, *parts)
         try:
-            match route:
-                case ("GET", "instances"):
-                    return self._list()
-                case ("GET", "instances", pid):
-                    return self._get(pid)
-                case ("POST", "instances", pid):
-                    return self._rename(pid, request)
-                case ("GET", "instance-types"):
-                    return self._instance_types()
-                case ("POST", "instance-operations", "launch"):
-                    return self._launch(request)
-                case ("POST", "instance-operations", "restart"):
-                    return self._restart(request)
-                case ("POST", "instance-operations", "terminate"):
-                    return self._terminate(request)
-                case ("GET", "ssh-keys"):
-                    return self._list_ssh_keys()
-                case ("POST", "ssh-keys"):
-                    return self._add_ssh_key(request)
-                case ("DELETE", "ssh-keys", key_id):
-                    return self._delete_ssh_key(key_id)
+            answer = self._route(route, request)
         except _BadRequestError as exc:
             return _invalid(str(exc))
         except ProviderError as exc:
             return self._from_sim(exc)
+        if answer is not None:
+            return answer
         return EmulatorResponse(404, "Not Found")
+
+    def _route(self, route: tuple[str, ...], request: EmulatorRequest) -> EmulatorResponse | None:
+        """The route's answer, or None when no route matches (the caller's 404)."""
+        match route:
+            case ("GET", "instances"):
+                return self._list()
+            case ("GET", "instances", pid):
+                return self._get(pid)
+            case ("POST", "instances", pid):
+                return self._rename(pid, request)
+            case ("GET", "instance-types"):
+                return self._instance_types()
+            case ("POST", "instance-operations", "launch"):
+                return self._launch(request)
+            case ("POST", "instance-operations", "restart"):
+                return self._restart(request)
+            case ("POST", "instance-operations", "terminate"):
+                return self._terminate(request)
+            case ("GET", "ssh-keys"):
+                return self._list_ssh_keys()
+            case ("POST", "ssh-keys"):
+                return self._add_ssh_key(request)
+            case ("DELETE", "ssh-keys", key_id):
+                return self._delete_ssh_key(key_id)
+        return None
 
     # ---- routes ----------------------------------------------------------------------
 
@@ -455,6 +462,25 @@ def _instance_ids(request: EmulatorRequest) -> list[str]:
 
 def _check_launch(body: Mapping[str, Any]) -> dict[str, Any]:
     """Lambda's InstanceLaunchRequest rules; the meta to keep on the instance."""
+    keys = _check_launch_required(body)
+    _check_launch_optionals(body)
+    tags = _check_launch_tags(body)
+    names, mounts, rulesets = _check_launch_attachments(body)
+    user_data = body.get("user_data")
+    return {
+        "ssh_key_names": list(keys),
+        "file_system_names": list(names),
+        "file_system_mounts": [dict(m) for m in mounts],
+        "firewall_rulesets": [{"id": r["id"]} for r in rulesets],
+        "hostname": body.get("hostname"),
+        "image": body.get("image"),
+        "tags": [{"key": t["key"], "value": t["value"]} for t in tags],
+        "user_data_bytes": len(user_data.encode()) if user_data else 0,
+    }
+
+
+def _check_launch_required(body: Mapping[str, Any]) -> list[Any]:
+    """The required fields (and quantity); the SSH key names."""
     for field in ("region_name", "instance_type_name", "ssh_key_names"):
         if field not in body:
             raise _BadRequestError(f"{field} is required")
@@ -468,6 +494,11 @@ def _check_launch(body: Mapping[str, Any]) -> dict[str, Any]:
     quantity = body.get("quantity", 1)  # not in 1.8.3; older clients send it
     if quantity != 1:
         raise _BadRequestError("Requested too many instances.")
+    return keys
+
+
+def _check_launch_optionals(body: Mapping[str, Any]) -> None:
+    """name, hostname, user_data and image, each when given."""
     name = body.get("name")
     if name is not None and (not isinstance(name, str) or len(name) > 64):
         raise _BadRequestError("name must be a string of at most 64 characters")
@@ -487,6 +518,9 @@ def _check_launch(body: Mapping[str, Any]) -> dict[str, Any]:
         and (isinstance(image.get("id"), str) or isinstance(image.get("family"), str))
     ):
         raise _BadRequestError("image must be {id} or {family}")
+
+
+def _check_launch_tags(body: Mapping[str, Any]) -> list[Any]:
     tags = body.get("tags", [])
     if not isinstance(tags, list):
         raise _BadRequestError("tags must be a list")
@@ -498,6 +532,13 @@ def _check_launch(body: Mapping[str, Any]) -> dict[str, Any]:
             raise _BadRequestError(f"tag key {tag['key']!r} is invalid")
         if len(tag["value"]) > 128:
             raise _BadRequestError("tag values are at most 128 characters")
+    return tags
+
+
+def _check_launch_attachments(
+    body: Mapping[str, Any],
+) -> tuple[list[Any], list[Any], list[Any]]:
+    """File systems (by name and by mount) and firewall rulesets."""
     names = body.get("file_system_names", [])
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
         raise _BadRequestError("file_system_names must be a list of strings")
@@ -513,16 +554,7 @@ def _check_launch(body: Mapping[str, Any]) -> dict[str, Any]:
         isinstance(r, dict) and isinstance(r.get("id"), str) for r in rulesets
     ):
         raise _BadRequestError("firewall_rulesets entries are {id}")
-    return {
-        "ssh_key_names": list(keys),
-        "file_system_names": list(names),
-        "file_system_mounts": [dict(m) for m in mounts],
-        "firewall_rulesets": [{"id": r["id"]} for r in rulesets],
-        "hostname": hostname,
-        "image": image,
-        "tags": [{"key": t["key"], "value": t["value"]} for t in tags],
-        "user_data_bytes": len(user_data.encode()) if user_data else 0,
-    }
+    return names, mounts, rulesets
 
 
 def _public_key(name: str) -> str:

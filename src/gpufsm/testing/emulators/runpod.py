@@ -315,48 +315,10 @@ class RunPodDialect:
         unknown = sorted(set(body) - _CREATE_FIELDS)
         if unknown:
             return f"additional properties {', '.join(unknown)} not allowed"
-        for key in _LIST_FIELDS:
-            value = body.get(key)
-            if value is not None and not (
-                isinstance(value, list) and all(isinstance(v, str) for v in value)
-            ):
-                return f"{key} must be an array of strings"
-        for key in _BOOL_FIELDS:
-            if key in body and not isinstance(body[key], bool):
-                return f"{key} must be a boolean"
-        for key in _INT_FIELDS:
-            value = body.get(key)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
-                return f"{key} must be an integer"
-        for key in _STR_FIELDS:
-            if key in body and not isinstance(body[key], str):
-                return f"{key} must be a string"
-        for key, allowed in _ENUMS.items():
-            if key in body and body[key] not in allowed:
-                return f"{key} must be one of {', '.join(allowed)}"
-        if len(body.get("name", "")) > 191:
-            return "name is longer than 191 characters"
-        if not body.get("imageName") and not body.get("templateId"):
-            return "imageName is required"
-        if body.get("computeType", "GPU") != "GPU":
-            return "CPU pods are not offered by this emulator"
-        if not body.get("gpuTypeIds"):
-            return "gpuTypeIds is required for a GPU pod"
-        if body.get("gpuCount", 1) < 1:
-            return "gpuCount must be at least 1"
-        for port in body.get("ports") or ():
-            if not _PORT.match(port):
-                return f"port {port!r} is not [port number]/[http|tcp]"
-        env = body.get("env")
-        if env is not None and not (
-            isinstance(env, dict) and all(isinstance(v, str) for v in env.values())
-        ):
-            return "env must be an object of strings"
-        for key in ("containerDiskInGb", "volumeInGb"):
-            value = body.get(key)
-            if value is not None and value < 0:
-                return f"{key} must not be negative"
-        return None
+        problem = _field_type_problem(body)
+        if problem is not None:
+            return problem
+        return _field_value_problem(body)
 
     def _placement(self, body: Mapping[str, Any]) -> tuple[str, str | None]:
         """GPU type and data center, in the caller's order of preference.
@@ -467,4 +429,52 @@ def _plain(exc: ProviderError) -> str:
     return text[len(prefix):] if text.startswith(prefix) else text
 
 
+def _field_type_problem(body: Mapping[str, Any]) -> str | None:
+    """The first PodCreateInput field of the wrong JSON type, as RunPod words it."""
+    for key in _LIST_FIELDS:
+        value = body.get(key)
+        if value is not None and not (
+            isinstance(value, list) and all(isinstance(v, str) for v in value)
+        ):
+            return f"{key} must be an array of strings"
+    for key in _BOOL_FIELDS:
+        if key in body and not isinstance(body[key], bool):
+            return f"{key} must be a boolean"
+    for key in _INT_FIELDS:
+        value = body.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            return f"{key} must be an integer"
+    for key in _STR_FIELDS:
+        if key in body and not isinstance(body[key], str):
+            return f"{key} must be a string"
+    for key, allowed in _ENUMS.items():
+        if key in body and body[key] not in allowed:
+            return f"{key} must be one of {', '.join(allowed)}"
+    return None
 
+
+def _field_value_problem(body: Mapping[str, Any]) -> str | None:
+    """The first well-typed PodCreateInput field whose value RunPod refuses."""
+    if len(body.get("name", "")) > 191:
+        return "name is longer than 191 characters"
+    if not body.get("imageName") and not body.get("templateId"):
+        return "imageName is required"
+    if body.get("computeType", "GPU") != "GPU":
+        return "CPU pods are not offered by this emulator"
+    if not body.get("gpuTypeIds"):
+        return "gpuTypeIds is required for a GPU pod"
+    if body.get("gpuCount", 1) < 1:
+        return "gpuCount must be at least 1"
+    for port in body.get("ports") or ():
+        if not _PORT.match(port):
+            return f"port {port!r} is not [port number]/[http|tcp]"
+    env = body.get("env")
+    if env is not None and not (
+        isinstance(env, dict) and all(isinstance(v, str) for v in env.values())
+    ):
+        return "env must be an object of strings"
+    for key in ("containerDiskInGb", "volumeInGb"):
+        value = body.get(key)
+        if value is not None and value < 0:
+            return f"{key} must not be negative"
+    return None

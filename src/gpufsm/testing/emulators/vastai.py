@@ -537,6 +537,23 @@ class VastDialect:
                 for o in order):
             return EmulatorResponse(400, {"error": "invalid_request", "msg": "invalid order"})
         filters = {k: v for k, v in body.items() if k not in _SEARCH_META}
+        bad_filter = self._filter_problem(filters)
+        if bad_filter is not None:
+            return bad_filter
+        try:
+            types = list(self.cloud.instance_types())
+        except ProviderError as exc:
+            return self._sim_error(exc)
+        offers = self._offers(types, bid=kind == "bid")
+        for field, cond in filters.items():
+            offers = self._apply_filter(offers, field, cond)
+        for field, direction in reversed(order):
+            offers.sort(key=_sort_key(field), reverse=direction == "desc")
+        return EmulatorResponse(200, {"offers": offers[:limit]})
+
+    @staticmethod
+    def _filter_problem(filters: Mapping[str, Any]) -> EmulatorResponse | None:
+        """The 400 for the first unknown search key or bad operator, or None."""
         for field, cond in filters.items():
             if field not in VAST_SEARCH_FIELDS:
                 return EmulatorResponse(400, {"error": "invalid_request",
@@ -544,28 +561,24 @@ class VastDialect:
             if not isinstance(cond, dict) or not cond or set(cond) - _OPS:
                 return EmulatorResponse(400, {"error": "invalid_request",
                                               "msg": f"invalid operator for {field}"})
-        try:
-            types = list(self.cloud.instance_types())
-        except ProviderError as exc:
-            return self._sim_error(exc)
-        offers = self._offers(types, bid=kind == "bid")
-        for field, cond in filters.items():
-            keep = []
-            for offer in offers:
-                if field not in offer:
-                    keep.append(offer)  # a filter on a field we do not model: ignored
-                    continue
-                if field == "geolocation":
-                    ok = all(self._geo_ok(offer[field], op, t) for op, t in cond.items())
-                else:
-                    ok = all(_matches(offer[field], op, t, self._norm(field))
-                             for op, t in cond.items())
-                if ok:
-                    keep.append(offer)
-            offers = keep
-        for field, direction in reversed(order):
-            offers.sort(key=_sort_key(field), reverse=direction == "desc")
-        return EmulatorResponse(200, {"offers": offers[:limit]})
+        return None
+
+    def _apply_filter(self, offers: list[dict[str, Any]], field: str,
+                      cond: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """The offers that pass one search filter, in order."""
+        keep = []
+        for offer in offers:
+            if field not in offer:
+                keep.append(offer)  # a filter on a field we do not model: ignored
+                continue
+            if field == "geolocation":
+                ok = all(self._geo_ok(offer[field], op, t) for op, t in cond.items())
+            else:
+                ok = all(_matches(offer[field], op, t, self._norm(field))
+                         for op, t in cond.items())
+            if ok:
+                keep.append(offer)
+        return keep
 
     def _create(self, request: EmulatorRequest, ask: str) -> EmulatorResponse:
         ask_id = _to_int(ask)
@@ -729,13 +742,10 @@ class VastDialect:
             body = request.json()
         except ValueError:
             body = None
-        if not isinstance(body, dict) or ("state" not in body and "label" not in body):
-            return _fail(400, "invalid_args", "state or label is required")
+        problem = self._manage_problem(body)
+        if problem is not None:
+            return problem
         state, label = body.get("state"), body.get("label")
-        if state is not None and state not in ("running", "stopped"):
-            return _fail(400, "invalid_args", f"invalid state {state!r}")
-        if label is not None and (not isinstance(label, str) or len(label) > 1024):
-            return _fail(400, "invalid_args", "label must be a string of at most 1024 chars")
         sim_id = self._sim_id(vid)
         inst = self._present(sim_id)
         if inst is None or sim_id is None:
@@ -757,6 +767,18 @@ class VastDialect:
         except KeyError:
             return _fail(404, "not_found", "Instance not found")
         return EmulatorResponse(200, {"success": True})
+
+    @staticmethod
+    def _manage_problem(body: Any) -> EmulatorResponse | None:
+        """The 400 for a manage body without a valid state or label, or None."""
+        if not isinstance(body, dict) or ("state" not in body and "label" not in body):
+            return _fail(400, "invalid_args", "state or label is required")
+        state, label = body.get("state"), body.get("label")
+        if state is not None and state not in ("running", "stopped"):
+            return _fail(400, "invalid_args", f"invalid state {state!r}")
+        if label is not None and (not isinstance(label, str) or len(label) > 1024):
+            return _fail(400, "invalid_args", "label must be a string of at most 1024 chars")
+        return None
 
     def _reboot(self, request: EmulatorRequest, ident: str) -> EmulatorResponse:
         return self._restart(ident, "rebooting")

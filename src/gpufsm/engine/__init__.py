@@ -1,0 +1,48 @@
+"""The engine rooms behind the ``Fleet`` façade: decide (pure), then apply.
+
+``decide`` turns one observation of one row into a ``Decision`` (data); the observe
+rooms commit decisions, one (``observe_one``) or a batch (``observe_batch``, one
+transaction for the moves of the batch); commands, launch and adoption write their
+intent first and call the provider after. Nothing here imports the façade, the
+reconciler or the CLI (import-linter holds it).
+"""
+
+from gpufsm.engine._adoption import adopt
+from gpufsm.engine._batch import Outcome, observe_batch
+from gpufsm.engine._commands import command, confirm, refresh, send_terminate, terminate
+from gpufsm.engine._context import DEFAULT_VISIBILITY_WINDOW, Engine
+from gpufsm.engine._decide import Row, decide, inside_window, row_after, since_accepted
+from gpufsm.engine._decision import Decision, Drift, Health, Need, Step
+from gpufsm.engine._health import gate_health
+from gpufsm.engine._launch import launch
+from gpufsm.engine._observe import apply_one, observe_one
+from gpufsm.engine._waiting import ProgressCallback, wait_for
+
+__all__ = [
+    "DEFAULT_VISIBILITY_WINDOW",
+    "Decision",
+    "Drift",
+    "Engine",
+    "Health",
+    "Need",
+    "Outcome",
+    "ProgressCallback",
+    "Row",
+    "Step",
+    "adopt",
+    "apply_one",
+    "command",
+    "confirm",
+    "decide",
+    "gate_health",
+    "inside_window",
+    "launch",
+    "observe_batch",
+    "observe_one",
+    "refresh",
+    "row_after",
+    "send_terminate",
+    "since_accepted",
+    "terminate",
+    "wait_for",
+]
