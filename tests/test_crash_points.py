@@ -160,12 +160,13 @@ CASES: list[Case] = [
     # the reconciler re-issuing the terminate of a TERMINATING row whose instance runs
     Case("reterminate/after:adapter.list_instances#1", "still listed running; nothing "
          "written", (GONE,)),
-    Case("reterminate/after:store.transition#1", "re-issue committed; not sent", (GONE,)),
+    Case("reterminate/after:store.transition_many#1", "re-issue committed; not sent",
+         (GONE,)),
     Case("reterminate/before:adapter.terminate#1", "at the re-issued call", (GONE,)),
     Case("reterminate/after:adapter.terminate#1", "re-issue sent, not confirmed", (GONE,)),
     Case("reterminate/after:adapter.get#1", "confirming GET read, not applied", (GONE,)),
     # the reconciler terminating a FAILED, billable row
-    Case("failed/after:store.transition#1", "TERMINATING committed; terminate not sent",
+    Case("failed/after:store.transition_many#1", "TERMINATING committed; terminate not sent",
          (GONE,)),
     Case("failed/after:adapter.terminate#1", "terminate sent, not confirmed", (GONE,)),
 ]

@@ -196,6 +196,27 @@ def test_every_case_is_done_in_the_batch(
     assert [c.name for c, d in zip(CASES, done, strict=True) if d is None] == []
 
 
+def test_slim_rows_that_need_their_record_are_read_together(
+        batch_fleet: Fleet, store: SqlInstanceStore, clock: FakeClock,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A slim row cannot count a listing that misses it (no ``missing_since`` on it): the
+    batch reads those records in one ``get_many``, never one ``get`` per row (N+1)."""
+    case = Case("gone, unconfirmed", S.RUNNING, "absent?")
+    rows = [make_row(store, clock, case) for _ in range(5)]
+    tracked = {r.id: r for r in store.list_tracked()}
+    gets: list[str] = []
+    many: list[int] = []
+    real_get, real_many = store.get, store.get_many
+    monkeypatch.setattr(store, "get", lambda i: gets.append(i) or real_get(i))
+    monkeypatch.setattr(store, "get_many",
+                        lambda ids: many.append(len(ids := list(ids))) or real_many(ids))
+    done = batch_fleet.observe_batched([(tracked[r.id], observation(case, r)) for r in rows])
+    assert None not in done
+    assert (gets, many) == ([], [5])
+    monkeypatch.undo()
+    assert all(store.get(r.id).missing_count == 1 for r in rows)
+
+
 def test_listeners_hear_after_the_commit(batch_fleet: Fleet, store: SqlInstanceStore,
                                         clock: FakeClock) -> None:
     case = next(c for c in CASES if c.name == "died")
@@ -342,12 +363,14 @@ def test_a_pass_commits_its_sync_in_one_batch(
     monkeypatch.setattr(store, "get", lambda i: reads.append(i) or real_get(i))
     report = Reconciler(fleet).run_once()
     assert not set(reads) & set(ids[3:])  # quiet rows were never read one by one
-    assert spy_batches == [3]
+    # the sync's three observed_failed together, then the three terminate intents
+    # together, before any of them is sent
+    assert spy_batches == [3, 3]
     assert sorted((c.instance_id, c.to_state) for c in report.changes
                   if c.event == "observed_failed") == sorted((i, "FAILED") for i in ids[:3])
     assert [fleet.get(i).state for i in ids] == [S.TERMINATING] * 3 + [S.RUNNING] * 5
     quiet = Reconciler(fleet).run_once()
-    assert quiet.changes == [] and spy_batches == [3]  # nothing to write: no batch at all
+    assert quiet.changes == [] and spy_batches == [3, 3]  # nothing to write: no batch
 
 
 def test_orphans_are_matched_in_one_read(fleet: Fleet, cloud: SimulatedCloud,
@@ -378,3 +401,34 @@ def test_the_collector_rests_during_a_pass_and_resumes_after(
     assert gc.isenabled()
     Reconciler(fleet).run_once()
     assert during == [False] and gc.isenabled()
+
+
+def test_terminates_of_a_pass_commit_together_and_fall_back_one_by_one(
+        fleet: Fleet, cloud: SimulatedCloud, store: SqlInstanceStore,
+        spy_batches: list[int]) -> None:
+    """The intents go in one transaction before any call; a refused call leaves its row
+    TERMINATING with the error; a row another thread holds is left to ``terminate``."""
+    ids = _fleet_on_cloud(fleet, cloud, 4)
+    cloud.fail_next("terminate", "unavailable")
+    holding, done = threading.Event(), threading.Event()
+
+    def command_under_way() -> None:  # another thread holds the last row
+        with fleet._lock(ids[3]):
+            holding.set()
+            done.wait(10)
+
+    other = threading.Thread(target=command_under_way)
+    other.start()
+    holding.wait(10)
+    try:
+        ended = fleet._terminate_outcomes([(i, "done") for i in ids])
+    finally:
+        done.set()
+        other.join(10)
+    assert sorted(ended) == sorted(ids[:3]) and spy_batches == [3]
+    errors = [i for i in ids[:3] if ended[i].error is not None]
+    assert len(errors) == 1 and store.get(errors[0]).state is S.TERMINATING
+    for i in ids[:3]:
+        assert ended[i].after == store.get(i)
+        assert ended[i].moves[0].event is E.TERMINATE
+    assert store.get(ids[3]).state is S.RUNNING  # not touched: the single path's turn

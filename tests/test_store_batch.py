@@ -345,3 +345,18 @@ def test_history_many_reads_in_chunks(store: SqlInstanceStore,
     many = store.history_many(r.id for r in recs)
     assert all(len(many[r.id]) == 1 for r in recs)
     assert store.history_many([]) == {}
+
+
+# -- get_many: full records of many rows in one read ----------------------------------------
+
+
+def test_get_many_is_get_for_each_row(store: SqlInstanceStore,
+                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sql_module, "_ID_CHUNK", 2)  # and it reads in chunks
+    recs = [store.insert(row(), actor="t") for _ in range(5)]
+    store.transition_many([died(recs[1])], actor="rec", at=T1)
+    many = store.get_many([r.id for r in recs] + ["no-such-row"])
+    assert sorted(many) == sorted(r.id for r in recs)
+    assert all(many[r.id] == store.get(r.id) for r in recs)
+    assert many[recs[1].id].state is not recs[1].state  # read now, not remembered
+    assert store.get_many([]) == {}

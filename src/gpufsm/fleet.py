@@ -248,6 +248,16 @@ class Fleet(Engine):
             return [None] * len(items)
         return engine.observe_batch(self, items, actor)
 
+    def _terminate_outcomes(self, requests: Sequence[tuple[str, str | None]]
+                            ) -> dict[str, engine.Ended]:
+        """Terminates of a reconcile pass, the intents committed together (see
+        ``gpufsm.engine.terminate_batch``); ids not in the answer go through
+        ``terminate``. Empty when ``terminate`` is overridden: an override must see
+        every terminate."""
+        if "terminate" in vars(self) or type(self).terminate is not Fleet.terminate:
+            return {}
+        return engine.terminate_batch(self, requests)
+
     # ---- waiting ------------------------------------------------------------------------
 
     def wait_for(

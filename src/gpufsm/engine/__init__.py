@@ -16,12 +16,14 @@ from gpufsm.engine._decision import Decision, Drift, Health, Need, Step
 from gpufsm.engine._health import gate_health
 from gpufsm.engine._launch import launch
 from gpufsm.engine._observe import apply_one, observe_one
+from gpufsm.engine._terminate_batch import Ended, terminate_batch
 from gpufsm.engine._waiting import ProgressCallback, wait_for
 
 __all__ = [
     "DEFAULT_VISIBILITY_WINDOW",
     "Decision",
     "Drift",
+    "Ended",
     "Engine",
     "Health",
     "Need",
@@ -44,5 +46,6 @@ __all__ = [
     "send_terminate",
     "since_accepted",
     "terminate",
+    "terminate_batch",
     "wait_for",
 ]

@@ -25,9 +25,9 @@ from gpufsm.engine._locks import Held
 from gpufsm.engine._observe import decide_for, log_notes
 from gpufsm.errors import GpufsmError
 from gpufsm.notify import TransitionEvent
-from gpufsm.store import InstanceRecord, Move, TrackedInstance
+from gpufsm.store import BatchOutcome, InstanceRecord, Move, TrackedInstance
 
-__all__ = ["Outcome", "observe_batch"]
+__all__ = ["Outcome", "observe_batch", "write_moves"]
 
 log = logging.getLogger("gpufsm.fleet")
 
@@ -59,12 +59,7 @@ def observe_batch(engine: Engine, items: Sequence[tuple[Any, Observation]], acto
     results: list[Outcome | None] = [None] * len(items)
     plans: list[_Plan] = []
     probing: list[_Plan] = []
-    for i, (row, observation) in enumerate(items):
-        try:
-            plan = _plan(engine, i, row, observation, now)
-        except Exception:  # the single path meets it again, and reports it
-            log.debug("deciding the observation of %s failed", row.id, exc_info=True)
-            continue
+    for plan in _planned(engine, items, now):
         (probing if plan.decision.needs is Need.PROBES else plans).append(plan)
     plans.extend(_probed(engine, probing, now))
     plans.sort(key=lambda p: p.index)
@@ -77,13 +72,38 @@ def observe_batch(engine: Engine, items: Sequence[tuple[Any, Observation]], acto
     return results
 
 
-def _plan(engine: Engine, index: int, row: Any, observation: Observation, now: datetime
-          ) -> _Plan:
-    decision = decide_for(engine, row, observation, now=now)
-    if decision.needs is not None and not isinstance(row, InstanceRecord):
-        row = engine.store.get(row.id)  # the slim row cannot tell: decide on the record
-        decision = decide_for(engine, row, observation, now=now)
-    return _Plan(index, row, observation, decision)
+def _planned(engine: Engine, items: Sequence[tuple[Any, Observation]], now: datetime
+             ) -> list[_Plan]:
+    """Every item decided. A slim row that cannot tell (``needs`` the record) is decided
+    again on its full record; those records are read together, in one query per
+    thousand rows, not one read each."""
+    plans: list[_Plan] = []
+    slim: list[_Plan] = []
+    for i, (row, observation) in enumerate(items):
+        plan = _decided(engine, _Plan(i, row, observation, Decision()), now)
+        if plan is None:
+            continue
+        needs_record = (plan.decision.needs is not None
+                        and not isinstance(row, InstanceRecord))
+        (slim if needs_record else plans).append(plan)
+    records = engine.store.get_many(p.row.id for p in slim) if slim else {}
+    for plan in slim:
+        plan.row = records.get(plan.row.id, plan.row)  # a vanished row: the single path
+        decided = _decided(engine, plan, now)
+        if decided is not None:
+            plans.append(decided)
+    return plans
+
+
+def _decided(engine: Engine, plan: _Plan, now: datetime) -> _Plan | None:
+    """``plan`` with its decision, or None when deciding failed (the single path meets
+    the same row again, and reports it)."""
+    try:
+        plan.decision = decide_for(engine, plan.row, plan.observation, now=now)
+    except Exception:
+        log.debug("deciding the observation of %s failed", plan.row.id, exc_info=True)
+        return None
+    return plan
 
 
 def _probed(engine: Engine, plans: Sequence[_Plan], now: datetime) -> list[_Plan]:
@@ -149,11 +169,9 @@ def _move(engine: Engine, plans: list[_Plan], round_: int, actor: str, now: date
         except GpufsmError:
             continue  # refused by the machine: the single path raises it to the caller
         built.append((plan, move, heard))
-    try:
-        outcome = engine.store.transition_many([m for _, m, _ in built], actor=actor, at=now)
-    except Exception:
-        log.warning("batched write of %d observations failed: applying them one by one",
-                    len(built), exc_info=True)
+    outcome = write_moves(engine, [m for _, m, _ in built], actor=actor, at=now,
+                          what="observations")
+    if outcome is None:
         return []
     done = []
     for plan, move, heard in built:
@@ -163,6 +181,18 @@ def _move(engine: Engine, plans: list[_Plan], round_: int, actor: str, now: date
             engine._notify(heard)
             done.append(plan)
     return done
+
+
+def write_moves(engine: Engine, moves: Sequence[Move], *, actor: str, at: datetime,
+                what: str) -> BatchOutcome | None:
+    """One ``transition_many`` for a batch; None when the write failed (logged), and the
+    caller then leaves every item to its single path, which re-reads and retries."""
+    try:
+        return engine.store.transition_many(moves, actor=actor, at=at)
+    except Exception:
+        log.warning("batched write of %d %s failed: doing them one by one", len(moves),
+                    what, exc_info=True)
+        return None
 
 
 def _finish(engine: Engine, plan: _Plan, actor: str, now: datetime) -> Row | None:

@@ -17,7 +17,8 @@ from gpufsm.errors import PermanentProviderError, ProviderError, TransitionNotAl
 from gpufsm.machines import Event, InstanceState, check
 from gpufsm.store import InstanceRecord
 
-__all__ = ["command", "confirm", "find_tagged", "refresh", "send_terminate", "terminate"]
+__all__ = ["call_terminate", "command", "confirm", "find_tagged", "refresh", "send_terminate",
+           "terminate"]
 
 log = logging.getLogger("gpufsm.fleet")
 
@@ -73,7 +74,7 @@ def terminate(engine: Engine, instance_id: str, reason: str | None) -> InstanceR
                 record.id, expected_version=record.version, at=engine.clock.now(),
                 changes={"provider_instance_id": found.provider_instance_id,
                          "accepted_at": record.accepted_at or engine.clock.now()})
-        _call_terminate(engine, record, adapter)
+        call_terminate(engine, record, adapter)
     return confirm(engine, record, adapter)
 
 
@@ -84,12 +85,13 @@ def send_terminate(engine: Engine, record: InstanceRecord, adapter: ProviderAdap
     A failure is recorded on the row and raised: the row stays TERMINATING, and the
     reconciler re-issues the call until the provider confirms the instance is gone.
     """
-    _call_terminate(engine, record, adapter)
+    call_terminate(engine, record, adapter)
     return confirm(engine, record, adapter)
 
 
-def _call_terminate(engine: Engine, record: InstanceRecord, adapter: ProviderAdapter
-                    ) -> None:
+def call_terminate(engine: Engine, record: InstanceRecord, adapter: ProviderAdapter
+                   ) -> None:
+    """The provider call of a committed terminate; a failure is noted on the row, raised."""
     assert record.provider_instance_id is not None
     try:
         adapter.terminate(record.provider_instance_id)

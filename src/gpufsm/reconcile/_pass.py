@@ -99,6 +99,8 @@ class Reconciler:
         self._last_get: dict[str, float] = {}  # row id → monotonic time of its last GET
         self._everyone: list[TrackedInstance] = []
         self._histories: Mapping[str, Sequence[TransitionRecord]] = {}
+        #: Terminates the step phase asked for, sent together (None: act at once).
+        self._ending: list[tuple[_Row, str]] | None = None
         self._history_versions: dict[str, int] = {}
         self.credit_exhausted: set[str] = set()
 
@@ -199,6 +201,7 @@ class Reconciler:
         self._histories = self.fleet.store.history_many(
             [r.id for r in rows if r.state is S.TERMINATING and r.provider_instance_id])
         self._history_versions = {r.id: r.version for r in rows}
+        self._ending = []  # the steps' terminates: sent together after the loop
         for (row, observation), done in zip(seen, batched, strict=True):
             try:
                 record: _Row
@@ -214,6 +217,39 @@ class Reconciler:
                     record = after
             except Exception as exc:  # one odd row never stops the pass
                 self._row_failed(provider, row.id, exc, report)
+        ending, self._ending = self._ending, None
+        if ending:
+            self._end_together(provider, ending, report)
+
+    def _end_together(self, provider: str, ending: Sequence[tuple[_Row, str]],
+                      report: PassReport) -> None:
+        """The pass's terminates: every intent committed in one transaction, then each
+        sent and looked at (``Fleet._terminate_outcomes``); a row the batch left out goes
+        through ``terminate`` one by one."""
+        done = self.fleet._terminate_outcomes([(r.id, why) for r, why in ending])
+        for row, why in ending:
+            try:
+                ended = done.get(row.id)
+                if ended is None:
+                    self._act(row, report, partial(self.fleet.terminate, row.id, reason=why))
+                    continue
+                if ended.after.version == row.version + len(ended.moves):
+                    report.changes.extend(_changes(ended.after, ended.moves))
+                else:  # the look went through the single path: its moves are in history
+                    self._record_changes(row, ended.after, report)
+                if ended.error is not None:
+                    self._provider_refused(row, ended.error, report)
+            except Exception as exc:  # one odd row never stops the pass
+                self._row_failed(provider, row.id, exc, report)
+
+    def _provider_refused(self, row: _Row, exc: ProviderError, report: PassReport) -> None:
+        """A failed provider call of an action: news in the report (the row stays where
+        the committed intent put it, for the next pass), as ``_act`` reports one."""
+        if isinstance(exc, InsufficientCredit):
+            self.credit_exhausted.add(row.provider)
+            raise exc
+        report.problems.append(Problem("instance-error", row.provider,
+                                       f"{type(exc).__name__}: {exc}", row.id))
 
     def _row_failed(self, provider: str, instance_id: str, exc: Exception,
                     report: PassReport) -> None:
@@ -380,6 +416,9 @@ class Reconciler:
 
     def _terminate(self, record: _Row, report: PassReport, why: str
                    ) -> InstanceRecord | None:
+        if self._ending is not None:  # in a pass's step phase: sent with the others
+            self._ending.append((record, why))
+            return None
         return self._act(record, report, partial(self.fleet.terminate, record.id, reason=why))
 
     def _act(self, record: _Row, report: PassReport,

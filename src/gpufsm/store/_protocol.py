@@ -32,7 +32,8 @@ class InstanceStore(Protocol):
     the stale ones (``BatchOutcome.conflicts``) instead of raising; ``list_tracked``
     returns the slim TrackedInstance view of the rows ``list`` returns,
     ``find_tracked`` is ``find`` for many tags and provider ids at once, and
-    ``history_many`` is ``history`` for many rows (id → its history, oldest first).
+    ``history_many`` is ``history`` for many rows (id → its history, oldest first),
+    and ``get_many`` is ``get`` for many rows (id → record; missing ids left out).
     """
 
     def insert(self, record: InstanceRecord, *, actor: str, reason: str | None = None,
@@ -85,6 +86,8 @@ class InstanceStore(Protocol):
 
     def history_many(self, instance_ids: Iterable[str]
                      ) -> Mapping[str, Sequence[TransitionRecord]]: ...
+
+    def get_many(self, instance_ids: Iterable[str]) -> Mapping[str, InstanceRecord]: ...
 
     def claim(self, owner: str, instance_ids: Sequence[str], *, now: datetime,
               ttl: float, limit: int | None = None) -> Sequence[InstanceRecord]: ...

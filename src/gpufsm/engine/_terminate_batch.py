@@ -1,0 +1,152 @@
+"""Many terminates at once, as a reconcile pass issues them: every intent committed in
+one transaction, then the provider called for each, then every answer looked at.
+
+``terminate`` (one row) commits its intent, calls, and looks; a pass with 500 rows to end
+that way makes 500 commits before its last call. Here the TERMINATING rows and their
+history rows go in together first, so the database is ahead of the provider for all of
+them at once (a crash after that commit leaves TERMINATING rows the next pass re-issues),
+and the confirming reads are committed as one batch of observations.
+
+Only the plain case is batched: a row with a provider id, not yet TERMINATED, whose lock
+is free and whose version has not moved. Everything else is left out of the answer, and
+the caller sends it through ``terminate``, which handles it one by one as before.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from gpufsm.adapters import Observation, ProviderAdapter
+from gpufsm.engine._batch import observe_batch, write_moves
+from gpufsm.engine._commands import call_terminate
+from gpufsm.engine._context import Engine
+from gpufsm.engine._decide import row_after
+from gpufsm.engine._locks import Held
+from gpufsm.engine._observe import observe_one
+from gpufsm.errors import GpufsmError, ProviderError
+from gpufsm.machines import Event, InstanceState
+from gpufsm.notify import TransitionEvent
+from gpufsm.store import InstanceRecord, Move
+
+__all__ = ["Ended", "terminate_batch"]
+
+log = logging.getLogger("gpufsm.fleet")
+
+S = InstanceState
+
+
+@dataclass(frozen=True, slots=True)
+class Ended:
+    """One batched terminate: the row after it, the moves committed for it (the
+    terminate, then what the look applied; when the look went through the single path
+    its moves are not listed, and ``after.version`` says so), and the provider's error
+    if the call failed (the row then stays TERMINATING, for the next pass)."""
+
+    after: InstanceRecord
+    moves: tuple[Move, ...]
+    error: ProviderError | None = None
+
+
+def terminate_batch(engine: Engine, requests: Sequence[tuple[str, str | None]]
+                    ) -> dict[str, Ended]:
+    """Terminate each (instance id, reason); the ids batched, each with its outcome."""
+    records = engine.store.get_many(i for i, _ in requests)
+    held: list[Held] = []
+    try:
+        built = _intents(engine, requests, records, held)
+        committed = _commit(engine, built)
+        called = [(record, move, _call(engine, record)) for record, move in committed]
+    finally:
+        for lock in held:
+            lock.release()
+    return _looked_at(engine, called)
+
+
+def _intents(engine: Engine, requests: Sequence[tuple[str, str | None]],
+             records: Mapping[str, InstanceRecord], held: list[Held]
+             ) -> list[tuple[InstanceRecord, Move, TransitionEvent]]:
+    """The terminate moves of the plain rows, checked by the machine and the guards, with
+    each row's lock taken (``held`` collects them for the caller to release)."""
+    now = engine.clock.now()
+    built = []
+    for instance_id, reason in requests:
+        record = records.get(instance_id)
+        if record is None or record.state is S.TERMINATED or record.provider_instance_id \
+                is None:
+            continue
+        lock = engine._lock(instance_id)
+        if not lock.try_acquire():
+            continue  # a command under way: the single path waits its turn
+        held.append(lock)
+        try:
+            move, heard = engine._move(record, Event.TERMINATE, at=now, reason=reason,
+                                       adapter=engine._adapter(record.provider))
+        except GpufsmError:
+            continue  # refused: the single path raises it to the caller
+        built.append((record, move, heard))
+    return built
+
+
+def _commit(engine: Engine, built: list[tuple[InstanceRecord, Move, TransitionEvent]]
+            ) -> list[tuple[InstanceRecord, Move]]:
+    """Every intent in one ``transition_many``; the rows it moved to TERMINATING."""
+    if not built:
+        return []
+    now = engine.clock.now()
+    outcome = write_moves(engine, [m for _, m, _ in built], actor=engine.actor, at=now,
+                          what="terminates")
+    if outcome is None:
+        return []
+    committed = []
+    for record, move, heard in built:
+        if move.instance_id in outcome.applied:
+            engine._notify(heard)
+            after = row_after(record, move, now)
+            assert isinstance(after, InstanceRecord)
+            committed.append((after, move))
+    return committed
+
+
+def _call(engine: Engine, record: InstanceRecord) -> ProviderError | None:
+    """The provider call of one committed intent; its error, recorded on the row."""
+    try:
+        call_terminate(engine, record, engine._adapter(record.provider))
+    except ProviderError as exc:
+        return exc
+    return None
+
+
+def _looked_at(engine: Engine,
+               called: list[tuple[InstanceRecord, Move, ProviderError | None]]
+               ) -> dict[str, Ended]:
+    """A direct GET of every instance whose terminate was sent, committed as one batch
+    of observations (a failed GET changes nothing, as ``confirm`` does)."""
+    looks = {record.id: _look(engine._adapter(record.provider), record)
+             for record, _, error in called if error is None}
+    items = [(record, looks[record.id]) for record, _, error in called if error is None]
+    seen = {record.id: outcome for (record, _), outcome
+            in zip(items, observe_batch(engine, items, engine.actor), strict=True)}
+    ended: dict[str, Ended] = {}
+    for record, move, error in called:
+        if error is not None:
+            ended[record.id] = Ended(engine.store.get(record.id), (move,), error)
+        elif (outcome := seen[record.id]) is not None:
+            ended[record.id] = Ended(outcome.after, (move, *outcome.moves))
+        else:  # the batch could not write it: observed afresh on the single path
+            after = observe_one(engine, record.id, looks[record.id], engine.actor)
+            ended[record.id] = Ended(after, (move,))
+    return ended
+
+
+def _look(adapter: ProviderAdapter, record: InstanceRecord) -> Observation:
+    assert record.provider_instance_id is not None
+    try:
+        seen = adapter.get(record.provider_instance_id)
+    except ProviderError as exc:
+        log.info("refresh of %s failed (%s): no change", record.id, exc)
+        return Observation.unknown(f"confirming GET failed: {exc}")
+    if seen is None:
+        return Observation.absent(confirmed=True, reason="provider: not found")
+    return Observation.present(seen)
