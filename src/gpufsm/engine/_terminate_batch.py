@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 
 from gpufsm.adapters import Observation, ProviderAdapter
 from gpufsm.engine._batch import observe_batch, write_moves
@@ -53,10 +54,11 @@ def terminate_batch(engine: Engine, requests: Sequence[tuple[str, str | None]]
                     ) -> dict[str, Ended]:
     """Terminate each (instance id, reason); the ids batched, each with its outcome."""
     records = engine.store.get_many(i for i, _ in requests)
+    now = engine.clock.now()  # one instant for the intents, their history and listeners
     held: list[Held] = []
     try:
-        built = _intents(engine, requests, records, held)
-        committed = _commit(engine, built)
+        built = _intents(engine, requests, records, held, now)
+        committed = _commit(engine, built, now)
         called = [(record, move, _call(engine, record)) for record, move in committed]
     finally:
         for lock in held:
@@ -65,11 +67,10 @@ def terminate_batch(engine: Engine, requests: Sequence[tuple[str, str | None]]
 
 
 def _intents(engine: Engine, requests: Sequence[tuple[str, str | None]],
-             records: Mapping[str, InstanceRecord], held: list[Held]
+             records: Mapping[str, InstanceRecord], held: list[Held], now: datetime
              ) -> list[tuple[InstanceRecord, Move, TransitionEvent]]:
     """The terminate moves of the plain rows, checked by the machine and the guards, with
     each row's lock taken (``held`` collects them for the caller to release)."""
-    now = engine.clock.now()
     built = []
     for instance_id, reason in requests:
         record = records.get(instance_id)
@@ -89,12 +90,11 @@ def _intents(engine: Engine, requests: Sequence[tuple[str, str | None]],
     return built
 
 
-def _commit(engine: Engine, built: list[tuple[InstanceRecord, Move, TransitionEvent]]
-            ) -> list[tuple[InstanceRecord, Move]]:
+def _commit(engine: Engine, built: list[tuple[InstanceRecord, Move, TransitionEvent]],
+            now: datetime) -> list[tuple[InstanceRecord, Move]]:
     """Every intent in one ``transition_many``; the rows it moved to TERMINATING."""
     if not built:
         return []
-    now = engine.clock.now()
     outcome = write_moves(engine, [m for _, m, _ in built], actor=engine.actor, at=now,
                           what="terminates")
     if outcome is None:
