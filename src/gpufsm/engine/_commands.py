@@ -10,15 +10,15 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from gpufsm.adapters import Observation, ProviderAdapter, ProviderInstance
+from gpufsm.adapters import Observation, ObservationKind, ProviderAdapter, ProviderInstance
 from gpufsm.engine._context import Engine
 from gpufsm.engine._observe import observe_one
 from gpufsm.errors import PermanentProviderError, ProviderError, TransitionNotAllowed
 from gpufsm.machines import Event, InstanceState, check
 from gpufsm.store import InstanceRecord
 
-__all__ = ["call_terminate", "command", "confirm", "find_tagged", "refresh", "send_terminate",
-           "terminate"]
+__all__ = ["call_terminate", "command", "confirm", "find_tagged", "look", "refresh",
+           "send_terminate", "terminate"]
 
 log = logging.getLogger("gpufsm.fleet")
 
@@ -134,16 +134,26 @@ def refresh(engine: Engine, instance_id: str) -> InstanceRecord:
 def confirm(engine: Engine, record: InstanceRecord, adapter: ProviderAdapter, *,
             grace: bool = True) -> InstanceRecord:
     """A direct GET, applied as an observation (a failed GET changes nothing)."""
+    observation = look(adapter, record)
+    if observation.kind is ObservationKind.UNKNOWN:
+        return record
+    return observe_one(engine, record.id, observation, engine.actor, grace=grace,
+                       current=record)
+
+
+def look(adapter: ProviderAdapter, record: InstanceRecord) -> Observation:
+    """A direct GET of the row's instance as an observation. Absent (confirmed) only on
+    the adapter's None, which it answers for the provider's own not-found; a failed GET
+    is UNKNOWN, which ``decide`` turns into no change."""
     assert record.provider_instance_id is not None
     try:
         seen = adapter.get(record.provider_instance_id)
     except ProviderError as exc:
         log.info("refresh of %s failed (%s): no change", record.id, exc)
-        return record
-    observation = (Observation.present(seen) if seen is not None
-                   else Observation.absent(confirmed=True, reason="provider: not found"))
-    return observe_one(engine, record.id, observation, engine.actor, grace=grace,
-                       current=record)
+        return Observation.unknown(f"confirming GET failed: {exc}")
+    if seen is None:
+        return Observation.absent(confirmed=True, reason="provider: not found")
+    return Observation.present(seen)
 
 
 def find_tagged(engine: Engine, adapter: ProviderAdapter, tag: str, *, quiet: bool = True

@@ -19,9 +19,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from gpufsm.adapters import Observation, ProviderAdapter
 from gpufsm.engine._batch import observe_batch, write_moves
-from gpufsm.engine._commands import call_terminate
+from gpufsm.engine._commands import call_terminate, look
 from gpufsm.engine._context import Engine
 from gpufsm.engine._decide import row_after
 from gpufsm.engine._locks import Held
@@ -123,7 +122,7 @@ def _looked_at(engine: Engine,
                ) -> dict[str, Ended]:
     """A direct GET of every instance whose terminate was sent, committed as one batch
     of observations (a failed GET changes nothing, as ``confirm`` does)."""
-    looks = {record.id: _look(engine._adapter(record.provider), record)
+    looks = {record.id: look(engine._adapter(record.provider), record)
              for record, _, error in called if error is None}
     items = [(record, looks[record.id]) for record, _, error in called if error is None]
     seen = {record.id: outcome for (record, _), outcome
@@ -138,15 +137,3 @@ def _looked_at(engine: Engine,
             after = observe_one(engine, record.id, looks[record.id], engine.actor)
             ended[record.id] = Ended(after, (move,))
     return ended
-
-
-def _look(adapter: ProviderAdapter, record: InstanceRecord) -> Observation:
-    assert record.provider_instance_id is not None
-    try:
-        seen = adapter.get(record.provider_instance_id)
-    except ProviderError as exc:
-        log.info("refresh of %s failed (%s): no change", record.id, exc)
-        return Observation.unknown(f"confirming GET failed: {exc}")
-    if seen is None:
-        return Observation.absent(confirmed=True, reason="provider: not found")
-    return Observation.present(seen)
