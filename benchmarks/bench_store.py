@@ -257,8 +257,7 @@ def _store_one_by_one(store: SqlInstanceStore, ids: Sequence[str]) -> Workload:
     def work(n: int) -> None:
         for _ in range(n):
             i, iid, src, dest, event, kind, ver = walker.next()
-            rec = store.transition(iid, expected_version=ver, from_state=src, to_state=dest,
-                                   event=event, kind=kind, actor="bench",
+            rec = store.transition(Move(iid, ver, src, dest, event, kind), actor="bench",
                                    at=datetime.now(UTC))
             walker.moved(i, rec.state, rec.version)
 

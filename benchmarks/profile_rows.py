@@ -33,7 +33,7 @@ from bench_engine import CYCLE, policy_guard
 from bench_store import WATCHED, make_records, seed
 
 from gpufsm.machines import Capabilities, InstanceState, check
-from gpufsm.store import InstanceRecord, SqlInstanceStore
+from gpufsm.store import InstanceRecord, Move, SqlInstanceStore
 
 
 def _profiled(label: str, fn: Callable[[], object]) -> None:
@@ -78,18 +78,18 @@ class _collector:  # noqa: N801 - reads as a statement
         self.on = on
 
     def __enter__(self) -> None:
-        import gpufsm.store._sql as sql
+        import gpufsm.store._reads as reads
 
-        self._saved = sql._gc_paused
+        self._saved = reads.gc_paused
         if self.on:
-            sql._gc_paused = contextlib.nullcontext  # type: ignore[assignment]
+            reads.gc_paused = contextlib.nullcontext  # type: ignore[assignment]
         else:
             gc.disable()
 
     def __exit__(self, *exc: object) -> None:
-        import gpufsm.store._sql as sql
+        import gpufsm.store._reads as reads
 
-        sql._gc_paused = self._saved  # type: ignore[assignment]
+        reads.gc_paused = self._saved  # type: ignore[assignment]
         gc.enable()
 
 
@@ -153,9 +153,9 @@ def profile_persist(rows: int, tmp: Path) -> None:
         from gpufsm.machines import EdgeKind, Event
 
         for r in records:
-            store.transition(r.id, expected_version=r.version, from_state=r.state,
-                             to_state=InstanceState.STARTING, event=Event.RESTART,
-                             kind=EdgeKind.COMMAND, actor="profile", at=datetime.now(UTC))
+            store.transition(Move(r.id, r.version, r.state, InstanceState.STARTING,
+                                  Event.RESTART, EdgeKind.COMMAND),
+                             actor="profile", at=datetime.now(UTC))
 
     _profiled(f"{count:,} x SqlInstanceStore.transition() on SQLite (WAL, synchronous=FULL)",
               run)

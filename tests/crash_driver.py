@@ -166,7 +166,8 @@ def _loop(fleet: Fleet, rng: random.Random) -> None:
 # ---- crash points: die at the n-th call of a named store or adapter method -------------
 
 #: The store's writes (each one commit) and the adapter's provider calls a point can name.
-STORE_METHODS = ("insert", "transition", "transition_many", "update", "record_drift")
+STORE_METHODS = ("insert", "transition", "transition_many", "apply_batch", "update",
+                 "record_drift")
 ADAPTER_METHODS = ("launch", "get", "list_instances", "start", "stop", "restart", "terminate")
 _METHODS = {"store": STORE_METHODS, "adapter": ADAPTER_METHODS}
 _POINT = re.compile(r"(?P<script>[a-z-]+)/(?P<when>before|after):"

@@ -22,6 +22,7 @@ from gpufsm.cli import _app, app
 from gpufsm.cli import _lifecycle as lifecycle_module
 from gpufsm.config import Settings
 from gpufsm.errors import ValidationError
+from gpufsm.providers import PROVIDERS
 from gpufsm.store import InstanceRecord
 
 S = InstanceState
@@ -293,10 +294,10 @@ def test_an_ambiguous_prefix_lists_the_matches_in_every_command(
 
 # ---- 8. an unknown provider -------------------------------------------------------------------
 
-UNKNOWN = ("error: --provider: unknown provider 'aws'; known: lambda, novita, runpod, vastai "
-           "(configured: lambda)")
-UPPER = ("error: --provider: unknown provider 'LAMBDA'; did you mean 'lambda'? known: lambda, "
-         "novita, runpod, vastai (configured: lambda)")
+KNOWN = ", ".join(sorted(PROVIDERS))
+UNKNOWN = f"error: --provider: unknown provider 'aws'; known: {KNOWN} (configured: lambda)"
+UPPER = (f"error: --provider: unknown provider 'LAMBDA'; did you mean 'lambda'? known: {KNOWN} "
+         "(configured: lambda)")
 
 
 @SQLITE_ONLY

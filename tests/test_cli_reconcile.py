@@ -15,6 +15,7 @@ from gpufsm import Fleet, InstanceState, SqlInstanceStore
 from gpufsm.adapters import adapter_class
 from gpufsm.cli import app
 from gpufsm.fleet import DEFAULT_VISIBILITY_WINDOW
+from gpufsm.providers import PROVIDERS
 from gpufsm.testing import FakeClock, SimulatedCloud
 from gpufsm.testing.emulators import EmulatorServer, make_dialect
 
@@ -76,8 +77,9 @@ def test_reconcile_once_prints_what_it_changed_and_why(
 def test_reconcile_without_a_provider_says_which_variable(tmp_path: Path,
                                                           monkeypatch: pytest.MonkeyPatch
                                                           ) -> None:
-    for var in ("LAMBDA_API_KEY", "VAST_API_KEY", "NOVITA_API_KEY", "RUNPOD_API_KEY"):
-        monkeypatch.delenv(var, raising=False)
+    for provider in PROVIDERS.values():
+        monkeypatch.delenv(provider.key_env, raising=False)
+        monkeypatch.delenv(f"GPUFSM_{provider.key_env}", raising=False)
     monkeypatch.chdir(tmp_path)  # no .env here
     result = CliRunner().invoke(app, ["reconcile", "--once", "--database-url",
                                       f"sqlite:///{tmp_path / 'x.db'}"])

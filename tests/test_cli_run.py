@@ -34,6 +34,7 @@ from gpufsm.adapters._http import RetryPolicy
 from gpufsm.cli import _providers, app
 from gpufsm.cli._run import parse_download, remote_path
 from gpufsm.clock import SystemClock
+from gpufsm.providers import PROVIDERS
 from gpufsm.testing import SimTimings, SimulatedCloud
 from gpufsm.testing.emulators import EmulatorServer, make_dialect
 
@@ -174,7 +175,8 @@ class Env:
 @pytest.fixture
 def env(store: SqlInstanceStore, store_url: str, tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch) -> Iterator[Env]:
-    for var in ("VAST_API_KEY", "NOVITA_API_KEY", "RUNPOD_API_KEY", "GPUFSM_DATABASE_URL"):
+    others = [p.key_env for p in PROVIDERS.values() if p.name != "lambda"]
+    for var in (*others, "GPUFSM_DATABASE_URL"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.chdir(tmp_path)
     real = _providers.adapter_class  # in process: no rate limits, no retries

@@ -8,15 +8,16 @@ from pathlib import Path
 
 import pytest
 
-from gpufsm.testing.emulators import DIALECTS
+from gpufsm.providers import PROVIDERS
 
 COMPAT = Path(__file__).parent / "compat"
 FOLDERS = sorted(p.parent for p in COMPAT.glob("*/requirements.txt"))
 
 
 def test_every_dialect_is_driven_by_a_third_party_client() -> None:
+    """Every provider in the registry, so a new one is enrolled by its registry line."""
     tests = "\n".join(p.read_text() for p in COMPAT.glob("*/test_*.py"))
-    missing = [d for d in DIALECTS if f"{d}_emulator" not in tests]
+    missing = [d for d in PROVIDERS if f"{d}_emulator" not in tests]
     assert not missing, f"no compatibility test uses the {missing} emulator"
 
 

@@ -42,3 +42,13 @@ def test_every_named_path_and_module_exists(page: Path) -> None:
     unresolved = [m for m in modules if not _resolves(m)]
     assert not missing, f"{page.name} names paths that do not exist: {missing}"
     assert not unresolved, f"{page.name} names modules or names that do not exist: {unresolved}"
+
+
+def test_adding_a_provider_starts_at_the_registry() -> None:
+    """Issue 12 item 3: a provider is its own files plus one record in PROVIDERS; the page
+    must not send a contributor to the registries that are now derived from it."""
+    text = (ROOT / "CONTRIBUTING.md").read_text()
+    section = text.split("## Adding a provider", 1)[1].split("\n## ", 1)[0]
+    assert "`gpufsm.providers.PROVIDERS`" in section
+    assert "`src/gpufsm/providers.py`" in section
+    assert "Register it in" not in section, "ADAPTERS and DIALECTS are derived, not edited"

@@ -115,7 +115,7 @@ CASES: list[Case] = [
     Case("launch-refused/after:store.transition#1", "FAILED, not billable", (REFUSED,)),
     # a reconcile pass healing a launch in doubt (CREATING, no id, instance exists)
     Case("heal/after:adapter.list_instances#1", "tag listed; nothing written", (RUN,)),
-    Case("heal/after:store.transition_many#1", "adopted: CREATED with the id", (RUN,)),
+    Case("heal/after:store.apply_batch#1", "adopted: CREATED with the id", (RUN,)),
     # Fleet.terminate of a RUNNING instance: TERMINATING → terminate → GET to confirm
     Case("terminate/before:store.transition#1", "RUNNING; the intent never committed",
          (RUN,)),
@@ -160,13 +160,13 @@ CASES: list[Case] = [
     # the reconciler re-issuing the terminate of a TERMINATING row whose instance runs
     Case("reterminate/after:adapter.list_instances#1", "still listed running; nothing "
          "written", (GONE,)),
-    Case("reterminate/after:store.transition_many#1", "re-issue committed; not sent",
+    Case("reterminate/after:store.apply_batch#1", "re-issue committed; not sent",
          (GONE,)),
     Case("reterminate/before:adapter.terminate#1", "at the re-issued call", (GONE,)),
     Case("reterminate/after:adapter.terminate#1", "re-issue sent, not confirmed", (GONE,)),
     Case("reterminate/after:adapter.get#1", "confirming GET read, not applied", (GONE,)),
     # the reconciler terminating a FAILED, billable row
-    Case("failed/after:store.transition_many#1", "TERMINATING committed; terminate not sent",
+    Case("failed/after:store.apply_batch#1", "TERMINATING committed; terminate not sent",
          (GONE,)),
     Case("failed/after:adapter.terminate#1", "terminate sent, not confirmed", (GONE,)),
 ]

@@ -28,6 +28,7 @@ from gpufsm.adapters.novita import NOVITA_ERRORS
 from gpufsm.adapters.vastai import VAST_ERRORS
 from gpufsm.cli._emulator import PROFILES
 from gpufsm.errors import ProviderError
+from gpufsm.providers import PROVIDERS
 from gpufsm.testing import FakeClock, SimulatedCloud
 from gpufsm.testing.emulators import EmulatorServer, enable_admin, make_dialect
 
@@ -135,8 +136,8 @@ def runpod_statuses() -> list[str]:
 # ---- a running emulator, its admin API and the real adapter --------------------------------
 
 @dataclass
-class Provider:
-    name: str
+class Vocabulary:
+    name: str  # a key of gpufsm.providers.PROVIDERS
     statuses: Callable[[], list[str]]
     errors: Callable[[], list[tuple[int, str]]]
     #: The adapter's code → error class table (the codes it tells apart).
@@ -146,17 +147,18 @@ class Provider:
     status_of: Callable[[Any], Any]
 
 
-PROVIDERS = {
-    "lambda": Provider("lambda", lambda_statuses, lambda_errors, dict(LAMBDA_ERRORS),
+#: How to read each registered provider's vocabulary (a test fails while one has none).
+VOCABULARIES = {
+    "lambda": Vocabulary("lambda", lambda_statuses, lambda_errors, dict(LAMBDA_ERRORS),
                        lambda pid: f"/api/v1/instances/{pid}",
                        lambda body: body["data"]["status"]),
-    "vastai": Provider("vastai", vast_statuses, vast_errors, dict(VAST_ERRORS),
+    "vastai": Vocabulary("vastai", vast_statuses, vast_errors, dict(VAST_ERRORS),
                        lambda pid: f"/api/v0/instances/{pid}/",
                        lambda body: body["instances"]["actual_status"]),
-    "novita": Provider("novita", novita_statuses, novita_errors, dict(NOVITA_ERRORS),
+    "novita": Vocabulary("novita", novita_statuses, novita_errors, dict(NOVITA_ERRORS),
                        lambda pid: f"/gpu-instance/openapi/v1/gpu/instance?instanceId={pid}",
                        lambda body: body["status"]),
-    "runpod": Provider("runpod", runpod_statuses, lambda: [(401, "UnauthorizedError")], {},
+    "runpod": Vocabulary("runpod", runpod_statuses, lambda: [(401, "UnauthorizedError")], {},
                        lambda pid: f"/v1/pods/{pid}",
                        lambda body: body["desiredStatus"]),
 }
@@ -164,7 +166,7 @@ PROVIDERS = {
 
 @dataclass
 class Rig:
-    provider: Provider
+    provider: Vocabulary
     server: EmulatorServer
     client: httpx.Client  # the provider API and the admin API, with the key
     adapter: Any
@@ -193,7 +195,7 @@ def rig(request: pytest.FixtureRequest) -> Iterator[Rig]:
         client = httpx.Client(base_url=server.url, timeout=5.0, verify=TLS,
                               headers={"Authorization": f"Bearer {KEY}"})
         try:
-            yield Rig(PROVIDERS[name], server, client, adapter)
+            yield Rig(VOCABULARIES[name], server, client, adapter)
         finally:
             client.close()
             adapter.close()
@@ -201,11 +203,21 @@ def rig(request: pytest.FixtureRequest) -> Iterator[Rig]:
 
 def _cases(kind: str) -> list[Any]:
     cases = []
-    for name, provider in PROVIDERS.items():
+    for name in PROVIDERS:
+        if name not in VOCABULARIES:
+            continue  # test_every_registered_provider_has_a_vocabulary says so
+        provider = VOCABULARIES[name]
         words = provider.statuses() if kind == "status" else provider.errors()
         assert words, f"no {kind} vocabulary read from the {name} fixtures"
         cases += [pytest.param(name, w, id=f"{name}-{w}") for w in words]
     return cases
+
+
+def test_every_registered_provider_has_a_vocabulary() -> None:
+    """A provider added to ``gpufsm.providers.PROVIDERS`` joins the walk below: this fails
+    until its fixtures folder and its readers exist."""
+    assert sorted(VOCABULARIES) == sorted(PROVIDERS)
+    assert [n for n in PROVIDERS if not (FIXTURES / n).is_dir()] == []
 
 
 def test_the_fixtures_give_each_provider_a_vocabulary() -> None:

@@ -17,7 +17,7 @@ from gpufsm import Fleet, InstanceState, VersionConflict
 from gpufsm.machines import EdgeKind, Event
 from gpufsm.notify import TransitionEvent, Webhook, WebhookDispatcher, sign
 from gpufsm.reconcile import Reconciler
-from gpufsm.store import SqlInstanceStore
+from gpufsm.store import Move, SqlInstanceStore
 from gpufsm.testing import FakeClock, SimulatedCloud
 
 S = InstanceState
@@ -109,10 +109,10 @@ def test_a_rolled_back_transition_announces_nothing(store: SqlInstanceStore,
     rec = fleet.launch(SPEC)
     before = len(store.outbox())
     with pytest.raises(VersionConflict):
-        store.transition(rec.id, expected_version=1, from_state=S.CREATING,
-                         to_state=S.FAILED, event=Event.LAUNCH_FAILED,
-                         kind=EdgeKind.OBSERVATION, actor="stale", at=clock.now(),
-                         outbox=[("http://127.0.0.1:1/h", {"event": "launch_failed"})])
+        store.transition(Move(rec.id, 1, S.CREATING, S.FAILED, Event.LAUNCH_FAILED,
+                              EdgeKind.OBSERVATION,
+                              outbox=[("http://127.0.0.1:1/h", {"event": "launch_failed"})]),
+                         actor="stale", at=clock.now())
     assert len(store.outbox()) == before
 
 

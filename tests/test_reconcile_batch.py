@@ -24,7 +24,7 @@ from gpufsm.adapters import Observation, ProviderInstance
 from gpufsm.machines import Event
 from gpufsm.notify import TransitionEvent, Webhook
 from gpufsm.reconcile import Reconciler
-from gpufsm.store import InstanceRecord, SqlInstanceStore, TrackedInstance
+from gpufsm.store import InstanceRecord, Move, SqlInstanceStore, TrackedInstance
 from gpufsm.testing import FakeClock, SimulatedCloud
 
 S = InstanceState
@@ -145,13 +145,13 @@ def _strip(payload: dict[str, Any]) -> dict[str, Any]:
 @pytest.fixture
 def spy_batches(store: SqlInstanceStore, monkeypatch: pytest.MonkeyPatch) -> list[int]:
     sizes: list[int] = []
-    real = store.transition_many
+    real = store.apply_batch
 
-    def spy(moves: Any, **kw: Any) -> Any:
-        sizes.append(len(moves))
-        return real(moves, **kw)
+    def spy(writes: Any, **kw: Any) -> Any:
+        sizes.append(len(writes))
+        return real(writes, **kw)
 
-    monkeypatch.setattr(store, "transition_many", spy)
+    monkeypatch.setattr(store, "apply_batch", spy)
     return sizes
 
 
@@ -164,6 +164,7 @@ def test_every_case_ends_as_observe_would_leave_it(
         heard: list[TransitionEvent], spy_batches: list[int], view: str) -> None:
     single = {c.name: make_row(store, clock, c) for c in CASES}
     batched = {c.name: make_row(store, clock, c) for c in CASES}
+    story_before = {c.name: story(batch_fleet, batched[c.name].id) for c in CASES}
     for case in CASES:
         batch_fleet.observe(single[case.name].id, observation(case, single[case.name]))
     heard_single = [_canon(e) for e in heard]
@@ -181,9 +182,13 @@ def test_every_case_ends_as_observe_would_leave_it(
         expected = TrackedInstance.of(current) if view == "tracked" else current
         assert result == expected, case.name
     assert sorted(_canon(e) for e in heard) == sorted(heard_single)
-    # the first moves together (booted, died, gone, stop seen, someone terminates it,
-    # found while creating: observed_created), then the second (found: observed_running)
-    assert spy_batches == [6, 1]
+    # every row's writes in one transaction: the moves (found while creating moves
+    # twice), the drift, and the facts of rows that only report new ones
+    wrote = [c.name for c in CASES if store.get(batched[c.name].id).updated_at
+             != batched[c.name].updated_at
+             or story(batch_fleet, batched[c.name].id) != story_before[c.name]]
+    assert spy_batches == [len(wrote)]
+    assert "found while creating" in wrote and "drift" in wrote and "new ip" in wrote
 
 
 def test_every_case_is_done_in_the_batch(
@@ -236,9 +241,8 @@ def test_a_row_that_moved_since_it_was_read_is_observed_afresh(
     case = next(c for c in CASES if c.name == "died")
     rec = make_row(store, clock, case)
     stale = TrackedInstance.of(rec)
-    moved = store.transition(rec.id, expected_version=4, from_state=S.RUNNING,
-                             to_state=S.STARTING, event=E.RESTART, kind=EdgeKind.COMMAND,
-                             actor="user", at=clock.now())
+    moved = store.transition(Move(rec.id, 4, S.RUNNING, S.STARTING, E.RESTART,
+                                  EdgeKind.COMMAND), actor="user", at=clock.now())
     clock.advance(batch_fleet.command_grace)  # past the restart's grace: "died" is news
     (after,) = batch_fleet.observe_many([(stale, observation(case, rec))])
     assert spy_batches == [1]  # tried in the batch, a conflict there
@@ -255,7 +259,7 @@ def test_a_failed_batch_write_falls_back_to_one_by_one(
     def down(*_: object, **__: object) -> object:
         raise StoreError("database error: the disk is full")
 
-    monkeypatch.setattr(store, "transition_many", down)
+    monkeypatch.setattr(store, "apply_batch", down)
     with caplog.at_level(logging.WARNING, "gpufsm.fleet"):
         after = batch_fleet.observe_many([(TrackedInstance.of(r), observation(c, r))
                                           for c, r in zip(cases, recs, strict=True)])
@@ -364,13 +368,14 @@ def test_a_pass_commits_its_sync_in_one_batch(
     report = Reconciler(fleet).run_once()
     assert not set(reads) & set(ids[3:])  # quiet rows were never read one by one
     # the sync's three observed_failed together, then the three terminate intents
-    # together, before any of them is sent
-    assert spy_batches == [3, 3]
+    # together, before any of them is sent, then what the three looks after the calls
+    # saw (each GET's facts), together
+    assert spy_batches == [3, 3, 3]
     assert sorted((c.instance_id, c.to_state) for c in report.changes
                   if c.event == "observed_failed") == sorted((i, "FAILED") for i in ids[:3])
     assert [fleet.get(i).state for i in ids] == [S.TERMINATING] * 3 + [S.RUNNING] * 5
     quiet = Reconciler(fleet).run_once()
-    assert quiet.changes == [] and spy_batches == [3, 3]  # nothing to write: no batch
+    assert quiet.changes == [] and spy_batches == [3, 3, 3]  # nothing to write: no batch
 
 
 def test_orphans_are_matched_in_one_read(fleet: Fleet, cloud: SimulatedCloud,
@@ -425,7 +430,8 @@ def test_terminates_of_a_pass_commit_together_and_fall_back_one_by_one(
     finally:
         done.set()
         other.join(10)
-    assert sorted(ended) == sorted(ids[:3]) and spy_batches == [3]
+    # the three intents in one batch; then the looks of the two calls that went out
+    assert sorted(ended) == sorted(ids[:3]) and spy_batches == [3, 2]
     errors = [i for i in ids[:3] if ended[i].error is not None]
     assert len(errors) == 1 and store.get(errors[0]).state is S.TERMINATING
     for i in ids[:3]:

@@ -24,8 +24,8 @@ from gpufsm.store import (
     Move,
     SqlInstanceStore,
     TrackedInstance,
+    _columns,
 )
-from gpufsm.store import _sql as sql_module
 
 S = InstanceState
 E = Event
@@ -60,11 +60,7 @@ def died(rec: InstanceRecord, **kw: object) -> Move:
 
 
 def single(store: InstanceStore, move: Move, *, actor: str, at: datetime) -> InstanceRecord:
-    return store.transition(move.instance_id, expected_version=move.expected_version,
-                            from_state=move.from_state, to_state=move.to_state,
-                            event=move.event, kind=move.kind, actor=actor, at=at,
-                            reason=move.reason, raw_status=move.raw_status,
-                            changes=move.changes, outbox=move.outbox)
+    return store.transition(move, actor=actor, at=at)
 
 
 def without_ids(rec: InstanceRecord) -> InstanceRecord:
@@ -148,7 +144,7 @@ def test_versions_returned_are_the_next_ones_to_expect(store: SqlInstanceStore) 
         single(store, back, actor="d", at=T1)
 
 
-@pytest.mark.parametrize(("bad", "says"), [("duplicate", "one move per instance"),
+@pytest.mark.parametrize(("bad", "says"), [("duplicate", "at most one write"),
                                            ("field", "not a mutable"), ("naive", "naive")])
 def test_bad_input_is_refused_before_anything_is_written(store: SqlInstanceStore,
                                                          bad: str, says: str) -> None:
@@ -286,7 +282,7 @@ def test_find_tracked_matches_tags_and_provider_ids(store: SqlInstanceStore) -> 
 
 def test_many_ids_are_read_in_chunks(store: SqlInstanceStore,
                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(sql_module, "_ID_CHUNK", 2)
+    monkeypatch.setattr(_columns, "ID_CHUNK", 2)
     recs = [store.insert(row(created_at=T0 + timedelta(seconds=i)), actor="t")
             for i in range(5)]
     assert [r.id for r in store.find_tracked("sim", tags=[r.tag for r in recs])] == [
@@ -299,13 +295,13 @@ def test_the_collector_is_paused_only_while_a_list_is_built(
         store: SqlInstanceStore, monkeypatch: pytest.MonkeyPatch) -> None:
     store.insert(row(), actor="t")
     seen: list[bool] = []
-    reader = sql_module._tracked_reader
+    reader = _columns.tracked_reader
 
     def spy(sqlite: bool) -> object:
         read = reader(sqlite)
         return lambda v: (seen.append(gc.isenabled()), read(v))[1]
 
-    monkeypatch.setattr(sql_module, "_tracked_reader", spy)
+    monkeypatch.setattr(_columns, "tracked_reader", spy)
     assert gc.isenabled()
     store.list_tracked()
     assert seen == [False] and gc.isenabled()
@@ -340,7 +336,7 @@ def test_history_many_is_history_for_each_row(store: SqlInstanceStore) -> None:
 
 def test_history_many_reads_in_chunks(store: SqlInstanceStore,
                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(sql_module, "_ID_CHUNK", 2)
+    monkeypatch.setattr(_columns, "ID_CHUNK", 2)
     recs = [store.insert(row(), actor="t") for _ in range(5)]
     many = store.history_many(r.id for r in recs)
     assert all(len(many[r.id]) == 1 for r in recs)
@@ -352,7 +348,7 @@ def test_history_many_reads_in_chunks(store: SqlInstanceStore,
 
 def test_get_many_is_get_for_each_row(store: SqlInstanceStore,
                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(sql_module, "_ID_CHUNK", 2)  # and it reads in chunks
+    monkeypatch.setattr(_columns, "ID_CHUNK", 2)  # and it reads in chunks
     recs = [store.insert(row(), actor="t") for _ in range(5)]
     store.transition_many([died(recs[1])], actor="rec", at=T1)
     many = store.get_many([r.id for r in recs] + ["no-such-row"])

@@ -13,7 +13,9 @@ from gpufsm.machines import EdgeKind, Event, InstanceState
 from gpufsm.store import (
     InstanceRecord,
     InstanceStore,
+    Move,
     SqlInstanceStore,
+    TrackedInstance,
     current_revision,
     head_revision,
     make_engine,
@@ -37,9 +39,9 @@ def new_record(**overrides: object) -> InstanceRecord:
 
 def move(store: InstanceStore, rec: InstanceRecord, to: S, event: Event, *,
          at: datetime = T0, **changes: object) -> InstanceRecord:
-    return store.transition(rec.id, expected_version=rec.version, from_state=rec.state,
-                            to_state=to, event=event, kind=EdgeKind.OBSERVATION, actor="t",
-                            at=at, raw_status="raw", changes=changes)
+    return store.transition(Move(rec.id, rec.version, rec.state, to, event,
+                                 EdgeKind.OBSERVATION, raw_status="raw", changes=changes),
+                            actor="t", at=at)
 
 
 def test_is_an_instance_store(store: SqlInstanceStore) -> None:
@@ -224,18 +226,40 @@ def test_repr_hides_the_password() -> None:
 def test_leases_split_rows_and_expire(store: SqlInstanceStore) -> None:
     a = store.insert(new_record(), actor="t")
     b = store.insert(new_record(), actor="t")
-    got = store.claim("d1", [a.id, b.id], now=T0, ttl=60)
+    got = store.claim("d1", now=T0, ttl=60)
     assert {r.id for r in got} == {a.id, b.id}
-    assert store.claim("d2", [a.id, b.id], now=T0 + timedelta(seconds=30), ttl=60) == []
-    renewed = store.claim("d1", [a.id], now=T0 + timedelta(seconds=30), ttl=60)
-    assert [r.id for r in renewed] == [a.id]
-    # d1 died: b's lease ran out at T0+60, a's was renewed until T0+90
-    taken = store.claim("d2", [a.id, b.id], now=T0 + timedelta(seconds=61), ttl=60)
-    assert [r.id for r in taken] == [b.id]
+    assert all(isinstance(r, TrackedInstance) for r in got)
+    assert store.claim("d2", now=T0 + timedelta(seconds=30), ttl=60) == []
+    (renewed,) = store.claim("d1", now=T0 + timedelta(seconds=30), ttl=60, limit=1)
+    (other,) = {a.id, b.id} - {renewed.id}
+    # d1 died: the other lease ran out at T0+60, the renewed one holds until T0+90
+    taken = store.claim("d2", now=T0 + timedelta(seconds=61), ttl=60)
+    assert [r.id for r in taken] == [other]
     assert store.release("d1") == 1
-    assert [r.id for r in store.claim("d2", [a.id], now=T0 + timedelta(seconds=62), ttl=60)] \
-        == [a.id]
-    assert store.claim("d2", [], now=T0, ttl=60) == []
+    again = store.claim("d2", now=T0 + timedelta(seconds=62), ttl=60, limit=1)
+    assert [r.id for r in again] == [other]  # its own lease first
+    assert store.release("d2", [other, "no-such-row"]) == 1
+
+
+def test_a_claim_takes_only_the_rows_a_reconciler_watches(store: SqlInstanceStore) -> None:
+    """TERMINATED rows, and FAILED rows that never reached the provider, are not leased."""
+    live = store.insert(new_record(), actor="t")
+    store.insert(new_record(state=S.TERMINATED, billable=False), actor="t")
+    store.insert(new_record(state=S.FAILED, billable=False, provider_instance_id=None),
+                 actor="t")
+    billing_failure = store.insert(new_record(state=S.FAILED, billable=True), actor="t")
+    got = store.claim("d1", now=T0, ttl=60)
+    assert sorted(r.id for r in got) == sorted([live.id, billing_failure.id])
+
+
+def test_a_claim_of_a_large_fleet_is_one_statement(store: SqlInstanceStore,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rows are picked by query: no list of ids to outgrow SQLite's parameter limit."""
+    from gpufsm.store import _columns
+    monkeypatch.setattr(_columns, "ID_CHUNK", 2)
+    ids = {store.insert(new_record(), actor="t").id for _ in range(5)}
+    assert {r.id for r in store.claim("d1", now=T0, ttl=60)} == ids
+    assert store.release("d1", sorted(ids)) == 5  # released in chunks of two
 
 
 def test_concurrent_claims_never_overlap(store_url: str) -> None:
@@ -248,7 +272,7 @@ def test_concurrent_claims_never_overlap(store_url: str) -> None:
 
         def daemon(n: int) -> None:
             barrier.wait()
-            rows = stores[n].claim(f"d{n}", ids, now=T0, ttl=60)
+            rows = stores[n].claim(f"d{n}", now=T0, ttl=60)
             claimed[f"d{n}"] = [r.id for r in rows]
 
         threads = [threading.Thread(target=daemon, args=(n,)) for n in range(3)]

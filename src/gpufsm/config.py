@@ -24,6 +24,7 @@ from pydantic import ValidationError as PydanticValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from gpufsm.errors import ValidationError
+from gpufsm.providers import PROVIDERS
 
 __all__ = ["Settings", "check_database_url", "default_database_url"]
 
@@ -87,6 +88,14 @@ def check_database_url(url: str, *, field: str = "GPUFSM_DATABASE_URL") -> str:
                           "and postgresql+psycopg")
 
 
+def _api_key(provider: str) -> Any:
+    """The field of ``provider``'s API key: read under the provider's own variable
+    (``PROVIDERS[provider].key_env``, so existing ``.env`` files keep working) or the same
+    name with our prefix."""
+    env = PROVIDERS[provider].key_env
+    return Field(default=None, validation_alias=AliasChoices(env, f"{_PREFIX}{env}"))
+
+
 class Settings(BaseSettings):
     """Everything gpufsm reads from its environment. Unknown variables are ignored.
 
@@ -102,14 +111,14 @@ class Settings(BaseSettings):
                               description="SQLAlchemy URL; SQLite file or postgresql+psycopg://")
     sqlite_synchronous: str = Field(default="FULL",
                                     description="FULL: a committed row survives power loss")
-    lambda_api_key: SecretStr | None = Field(
-        default=None, validation_alias=AliasChoices("LAMBDA_API_KEY", "GPUFSM_LAMBDA_API_KEY"))
-    vast_api_key: SecretStr | None = Field(
-        default=None, validation_alias=AliasChoices("VAST_API_KEY", "GPUFSM_VAST_API_KEY"))
-    novita_api_key: SecretStr | None = Field(
-        default=None, validation_alias=AliasChoices("NOVITA_API_KEY", "GPUFSM_NOVITA_API_KEY"))
-    runpod_api_key: SecretStr | None = Field(
-        default=None, validation_alias=AliasChoices("RUNPOD_API_KEY", "GPUFSM_RUNPOD_API_KEY"))
+    # One key and one base URL per provider in gpufsm.providers.PROVIDERS, whose record
+    # names these fields (key_setting, url_setting) and the variable each key is read
+    # under; tests/test_providers_registry.py fails when a record has no fields here.
+    # Written out, not generated, so ``Settings().lambda_api_key`` stays typed.
+    lambda_api_key: SecretStr | None = _api_key("lambda")
+    vast_api_key: SecretStr | None = _api_key("vastai")
+    novita_api_key: SecretStr | None = _api_key("novita")
+    runpod_api_key: SecretStr | None = _api_key("runpod")
     http_timeout: float = Field(default=30.0, gt=0, le=600,
                                 description="seconds for every provider call")
     # Where each provider's API lives: production by default; set to point an adapter

@@ -23,6 +23,7 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
+import gpufsm.adapters
 from cli_env import free_port
 from gpufsm import (
     AuthError,
@@ -41,18 +42,17 @@ from gpufsm import (
     ValidationError,
 )
 from gpufsm.adapters import (
-    ADAPTERS,
     InstanceTypeOffer,
     LambdaCloudAdapter,
     LaunchRequest,
-    NovitaAdapter,
+    Renamable,
     RetryPolicy,
-    RunPodAdapter,
-    VastAdapter,
     adapter_class,
     ownership_tag,
+    tag_from_name,
 )
 from gpufsm.config import Settings
+from gpufsm.providers import PROVIDERS
 from gpufsm.specs import InstanceSpec
 from gpufsm.testing import FakeClock, SimulatedCloud, check_invariants
 from gpufsm.testing.emulators import EmulatorRequest, EmulatorServer, HttpFault, make_dialect
@@ -67,9 +67,9 @@ Route = tuple[str, str]
 
 @dataclass(frozen=True)
 class Pair:
-    provider: str
+    provider: str  # a key of gpufsm.providers.PROVIDERS
     capabilities: Capabilities
-    offers: tuple[InstanceTypeOffer, ...]
+    offers: tuple[InstanceTypeOffer, ...]  # the last one is sold out everywhere
     spec: dict[str, Any]
     launch: Route  # the request that creates the machine
     get: Route  # the direct read of one instance (may also match the listing)
@@ -83,7 +83,9 @@ def _offer(name: str, price: float, regions: tuple[str, ...]) -> InstanceTypeOff
     return InstanceTypeOffer("sim", name, price, regions, 1, name)
 
 
-PAIRS = [
+#: One pair per provider of ``gpufsm.providers.PROVIDERS``: the routes and spec the
+#: scenarios below aim at (a test fails while a registered provider has none).
+PAIR_OF = {p.provider: p for p in (
     Pair("lambda", Capabilities(stop=False, restart=True, tags=True),
          (_offer("gpu_1x_a10", 0.75, ("us-east-1",)), _offer("gpu_8x_h100", 23.9, ())),
          {"instance_type": "gpu_1x_a10", "region": "us-east-1", "ssh_key_names": ["k"]},
@@ -107,10 +109,10 @@ PAIRS = [
          launch=("PUT", "/api/v0/asks/"), get=("GET", "/api/v0/instances/"),
          listing=("GET", "/api/v1/instances"), terminate=("DELETE", "/api/v0/instances/"),
          page_size=25),
-]
+)}
+#: The suite's parametrisation: every registered provider that has its pair, in order.
+PAIRS = [PAIR_OF[name] for name in PROVIDERS if name in PAIR_OF]
 IDS = [p.provider for p in PAIRS]
-SOLD_OUT = {"lambda": "gpu_8x_h100", "novita": "A100 SXM 80GB", "runpod": "NVIDIA B200",
-            "vastai": "H200"}
 #: Vast's ids are integers: the simulated cloud numbers its instances the same way.
 ID_STYLE = {"vastai": {"id_prefix": "", "id_width": 0}}
 FAST_RETRY = RetryPolicy(attempts=5, initial=0.01, max_backoff=0.05)
@@ -183,11 +185,39 @@ def test_is_a_provider_adapter_with_declared_capabilities(rig: Rig) -> None:
     assert rig.adapter.capabilities == rig.pair.capabilities
 
 
-def test_the_four_adapters_are_exported_where_users_look_first() -> None:
+def test_every_adapter_is_exported_where_users_look_first() -> None:
     """Issue 10 item 20: ``from gpufsm.adapters import LambdaCloudAdapter`` failed."""
-    exported = {"lambda": LambdaCloudAdapter, "novita": NovitaAdapter,
-                "runpod": RunPodAdapter, "vastai": VastAdapter}
-    assert {name: adapter_class(name) for name in ADAPTERS} == exported
+    exported = {name: getattr(gpufsm.adapters, p.adapter.partition(":")[2], None)
+                for name, p in PROVIDERS.items()}
+    assert exported == {name: adapter_class(name) for name in PROVIDERS}
+    assert LambdaCloudAdapter is exported["lambda"]  # the very import that failed
+
+
+def test_the_contract_suite_runs_over_every_registered_provider() -> None:
+    """Adding a provider to ``gpufsm.providers.PROVIDERS`` enrols it here: this fails
+    until it has its pair, its spec-field table and its pre-launch reads."""
+    tables = {"PAIR_OF": PAIR_OF, "FIELDS": FIELDS, "PRE_LAUNCH": PRE_LAUNCH}
+    assert {name: sorted(table) for name, table in tables.items()} == {
+        name: sorted(PROVIDERS) for name in tables}
+    assert [p.provider for p in PAIRS] == list(PROVIDERS)
+    for pair in PAIRS:
+        assert pair.offers[-1].regions == (), f"{pair.provider}: last offer must be sold out"
+
+
+def test_the_ownership_tag_lives_where_the_capabilities_say(rig: Rig) -> None:
+    """``Capabilities.tags``: a provider with native tags keeps our mark through a rename;
+    one without carries it in the name only, so the name is what must keep it."""
+    tag = ownership_tag("c0ffee01")
+    pid = rig.launch()
+    seen = rig.adapter.get(pid)
+    assert seen is not None and seen.tag == tag
+    if not rig.adapter.capabilities.tags:
+        assert tag_from_name(seen.name) == tag
+        return
+    assert isinstance(rig.adapter, Renamable), "native tags, but no rename to prove them"
+    rig.adapter.rename(pid, "renamed-by-hand")
+    again = rig.adapter.get(pid)
+    assert again is not None and again.name == "renamed-by-hand" and again.tag == tag
 
 
 def test_lifecycle_launch_to_gone(rig: Rig) -> None:
@@ -231,7 +261,7 @@ def test_listing_marks_ours_and_only_ours(rig: Rig) -> None:
 
 def test_capacity_is_a_permanent_refusal(rig: Rig) -> None:
     with pytest.raises(InsufficientCapacity):
-        rig.launch(instance_type=SOLD_OUT[rig.pair.provider])
+        rig.launch(instance_type=rig.pair.offers[-1].name)
     assert rig.cloud.live_instances() == []
 
 

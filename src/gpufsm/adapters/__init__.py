@@ -20,12 +20,15 @@ from gpufsm.adapters._http import (
 )
 from gpufsm.adapters._protocol import (
     TAG_PREFIX,
+    Closable,
+    HasSeam,
     InstanceTypeOffer,
     LaunchRequest,
     Observation,
     ObservationKind,
     ProviderAdapter,
     ProviderInstance,
+    Renamable,
     ownership_tag,
     tag_from_name,
 )
@@ -39,6 +42,8 @@ __all__ = [
     "ADAPTERS",
     "TAG_PREFIX",
     "CircuitBreaker",
+    "Closable",
+    "HasSeam",
     "HttpSeam",
     "InstanceTypeOffer",
     "LambdaCloudAdapter",
@@ -49,6 +54,7 @@ __all__ = [
     "ProviderAdapter",
     "ProviderInstance",
     "RateLimit",
+    "Renamable",
     "RetryPolicy",
     "RunPodAdapter",
     "TokenBucket",

@@ -7,11 +7,11 @@ endpoints, request bodies, validation, pagination. The account part is written o
 here; the dialect is data in each provider's modules, interpreted once by
 ``gpufsm.adapters._dialect``, and only a provider's true quirks are code of its own.
 
-* :class:`AdapterProfile` is the handful of per-provider facts the account part needs
-  (registry name, production URL and the setting that overrides it, the key's variable,
-  capabilities, the error mapper, default rate limits and retry policy). Each adapter
-  declares one at the top of its class, so every default of a provider can be read in
-  one place.
+* :class:`AdapterProfile` is the handful of per-provider facts the account part needs:
+  the provider's ``gpufsm.providers.PROVIDERS`` record (registry name, production URL and
+  the setting that overrides it, the key's variable and setting), then capabilities, the
+  error mapper, default rate limits and retry policy. Each adapter declares one at the
+  top of its class, so every default of a provider can be read in one place.
 * :class:`HttpAdapter` is the base of the four adapters: the shared constructor
   (``api_key`` first, then ``base_url``, ``transport``, ``client``, ``timeout``,
   ``rate_limits``, ``retry``, ``clock``, ``settings``, as ``gpufsm.adapters.ADAPTERS``
@@ -38,11 +38,11 @@ import random
 import urllib.parse
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol, Self, TypedDict, TypeVar
 
 import httpx
-from pydantic import AliasChoices, BaseModel, SecretStr
+from pydantic import BaseModel, SecretStr
 
 from gpufsm.adapters._dialect import MASK, Endpoint, parse_model, scrub
 from gpufsm.adapters._http import HttpSeam, RateLimit, RetryPolicy
@@ -54,7 +54,8 @@ from gpufsm.errors import (
     TemporaryProviderError,
     ValidationError,
 )
-from gpufsm.machines import Capabilities
+from gpufsm.machines import Capabilities, InstanceState
+from gpufsm.providers import Provider
 
 __all__ = [
     "MASK",
@@ -80,15 +81,17 @@ class KeyedErrorMapper(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class AdapterProfile:
-    """The per-provider facts behind the shared constructor, declared once per adapter."""
+    """The per-provider facts behind the shared constructor, declared once per adapter.
 
-    name: str  # registry key, stored on every row: "lambda", "vastai" …
-    base_url: str  # production; ``base_url=`` points an adapter at an emulator or a proxy
-    api_key_env: str  # the variable a missing key's error names, e.g. "LAMBDA_API_KEY"
-    #: The ``gpufsm.config.Settings`` field that overrides ``base_url`` (read from
-    #: ``GPUFSM_<FIELD>``); checked against Settings at import.
-    base_url_setting: str
+    Who the provider is (name, key variable and setting, URL setting, production URL) is
+    its ``gpufsm.providers.PROVIDERS`` record, read here, never restated; the rest is how
+    this adapter talks to it.
+    """
+
+    provider: Provider
     capabilities: Capabilities
+    #: Raw status word → state: the table its docs page prints (tests hold them equal).
+    statuses: Mapping[str, InstanceState]
     error_mapper: KeyedErrorMapper
     rate_limits: Mapping[str, RateLimit]  # used when the caller passes none
     retry: RetryPolicy | None = None  # None: the seam's own default policy
@@ -96,14 +99,39 @@ class AdapterProfile:
     # client over (base_url, timeout and the key's header are set on it), so either
     # choice is defensible; each adapter keeps the one its users already rely on.
     closes_given_client: bool = False
-    #: The ``gpufsm.config.Settings`` field that reads ``api_key_env`` (found, not typed:
-    #: a key read from the wrong field would be sent to the wrong provider).
-    api_key_setting: str = field(init=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "api_key_setting", _setting_for(self.api_key_env))
-        if self.base_url_setting not in Settings.model_fields:
-            raise ValueError(f"gpufsm.config.Settings has no field {self.base_url_setting!r}")
+        # At import, not at the first launch: a key read from a missing field could only
+        # fail later, and a key read from the wrong field would go to the wrong provider.
+        for setting in (self.provider.key_setting, self.provider.url_setting):
+            if setting not in Settings.model_fields:
+                raise ValueError(f"gpufsm.config.Settings has no field {setting!r} "
+                                 f"(PROVIDERS[{self.provider.name!r}])")
+
+    @property
+    def name(self) -> str:
+        """Registry key, stored on every row: "lambda", "vastai" …"""
+        return self.provider.name
+
+    @property
+    def base_url(self) -> str:
+        """Production; ``base_url=`` points an adapter at an emulator or a proxy."""
+        return self.provider.default_url
+
+    @property
+    def api_key_env(self) -> str:
+        """The variable a missing key's error names, e.g. ``LAMBDA_API_KEY``."""
+        return self.provider.key_env
+
+    @property
+    def api_key_setting(self) -> str:
+        """The ``gpufsm.config.Settings`` field that reads :attr:`api_key_env`."""
+        return self.provider.key_setting
+
+    @property
+    def base_url_setting(self) -> str:
+        """The ``gpufsm.config.Settings`` field that overrides :attr:`base_url`."""
+        return self.provider.url_setting
 
     @property
     def base_url_env(self) -> str:
@@ -245,15 +273,6 @@ class HttpAdapter:
             return self._call(op, **kw)
         except ProviderNotFound:
             return None
-
-
-def _setting_for(env: str) -> str:
-    """The Settings field whose aliases include ``env``; ValueError (at import) if none."""
-    for name, info in Settings.model_fields.items():
-        alias = info.validation_alias
-        if (isinstance(alias, AliasChoices) and env in alias.choices) or alias == env:
-            return name
-    raise ValueError(f"gpufsm.config.Settings reads no variable {env!r}")
 
 
 def resolve_api_key(api_key: SecretStr | str | None, *, env: str, setting: str,

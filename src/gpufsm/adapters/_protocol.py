@@ -25,6 +25,12 @@ The contract, which the engine and the reconciler rely on:
   been applied; permanent ones certainly were not. A temporary error marked
   ``not_sent`` (a refused connection, a read before the launch that failed) means the
   request itself never left.
+* **What only some adapters do** is a protocol of its own, so a caller asks
+  ``isinstance(adapter, Renamable)`` and gets a typed method instead of reaching for it
+  with ``getattr``: :class:`Closable` (holds connections: close it when done; every HTTP
+  adapter), :class:`HasSeam` (its HTTP seam, for call counts and metrics; every HTTP
+  adapter) and :class:`Renamable` (renames an instance at the provider; Lambda). The
+  simulated cloud and test doubles keep the core protocol only.
 * **Every spec field is honoured or refused.** ``validate`` refuses, naming the field,
   what the provider cannot do; everything else reaches the provider's request (or is
   checked against the provider's own data, like a price cap) — nothing is dropped.
@@ -37,17 +43,21 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
+from gpufsm.adapters._http import HttpSeam
 from gpufsm.machines import Capabilities, InstanceState
 from gpufsm.specs import InstanceSpec
 
 __all__ = [
     "TAG_PREFIX",
+    "Closable",
+    "HasSeam",
     "InstanceTypeOffer",
     "LaunchRequest",
     "Observation",
     "ObservationKind",
     "ProviderAdapter",
     "ProviderInstance",
+    "Renamable",
     "ownership_tag",
     "tag_from_name",
 ]
@@ -200,3 +210,27 @@ class ProviderAdapter(Protocol):
         ...
 
     def instance_types(self) -> Sequence[InstanceTypeOffer]: ...
+
+
+@runtime_checkable
+class Closable(Protocol):
+    """An adapter holding connections (an HTTP client): close it when done with it."""
+
+    def close(self) -> None: ...
+
+
+@runtime_checkable
+class HasSeam(Protocol):
+    """An adapter that calls through an :class:`~gpufsm.adapters.HttpSeam`, exposed for
+    its call count, breaker and observers (metrics, the reconciler's report)."""
+
+    @property
+    def seam(self) -> HttpSeam: ...
+
+
+@runtime_checkable
+class Renamable(Protocol):
+    """An adapter whose provider can rename an instance; ``name`` keeps our tag first
+    (``<tag>/<user name>``), so ownership survives the rename."""
+
+    def rename(self, provider_instance_id: str, name: str) -> object: ...

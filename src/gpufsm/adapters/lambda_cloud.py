@@ -83,6 +83,7 @@ from gpufsm.errors import (
     ValidationError,
 )
 from gpufsm.machines import Capabilities
+from gpufsm.providers import PROVIDERS
 from gpufsm.specs import InstanceSpec
 
 __all__ = [
@@ -118,8 +119,6 @@ log = logging.getLogger("gpufsm.adapters.lambda_cloud")
 
 PROVIDER = "lambda"
 API_PREFIX = "/api/v1"
-DEFAULT_BASE_URL = "https://cloud.lambda.ai"
-API_KEY_ENV = "LAMBDA_API_KEY"
 
 #: Documented limits: ~1 request/s (burst 2, so a get right after a launch does not
 #: wait), and launch 1 per 12 s.
@@ -227,8 +226,7 @@ class LambdaCloudAdapter(HttpAdapter):
     """One Lambda Cloud account. See ``gpufsm.adapters.ProviderAdapter`` for the contract."""
 
     profile = AdapterProfile(
-        name=PROVIDER, base_url=DEFAULT_BASE_URL, api_key_env=API_KEY_ENV,
-        base_url_setting="lambda_base_url",
+        PROVIDERS[PROVIDER], statuses=LAMBDA_STATUSES,
         capabilities=Capabilities(stop=False, restart=True, tags=True),
         error_mapper=map_lambda_error, rate_limits=LAMBDA_RATE_LIMITS, retry=LAMBDA_RETRY,
         # A client passed in is handed over for good: close() closes it too, which is

@@ -81,6 +81,7 @@ from gpufsm.errors import (
     ValidationError,
 )
 from gpufsm.machines import Capabilities
+from gpufsm.providers import PROVIDERS
 from gpufsm.specs import InstanceSpec
 
 __all__ = [
@@ -104,7 +105,7 @@ __all__ = [
 log = logging.getLogger("gpufsm.adapters.novita")
 
 PROVIDER = "novita"
-DEFAULT_BASE_URL = "https://api.novita.ai"
+DEFAULT_BASE_URL = PROVIDERS[PROVIDER].default_url
 API_PREFIX = "/gpu-instance/openapi/v1"
 
 #: How long a products listing is reused to price instances (prices change rarely; a
@@ -138,8 +139,7 @@ class NovitaAdapter(HttpAdapter):
     """
 
     profile = AdapterProfile(
-        name=PROVIDER, base_url=DEFAULT_BASE_URL, api_key_env="NOVITA_API_KEY",
-        base_url_setting="novita_base_url",
+        PROVIDERS[PROVIDER], statuses=NOVITA_STATUSES,
         capabilities=Capabilities(stop=True, restart=True, tags=False),
         error_mapper=map_novita_error, rate_limits=DEFAULT_RATE_LIMITS)
     endpoints = NOVITA_ENDPOINTS

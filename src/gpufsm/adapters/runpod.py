@@ -102,6 +102,7 @@ from gpufsm.adapters._runpod_models import (
 )
 from gpufsm.errors import InvalidRequest, ProviderError, ValidationError
 from gpufsm.machines import Capabilities
+from gpufsm.providers import PROVIDERS
 from gpufsm.specs import InstanceSpec
 
 __all__ = [
@@ -117,7 +118,7 @@ __all__ = [
 log = logging.getLogger("gpufsm.adapters.runpod")
 
 PROVIDER = "runpod"
-DEFAULT_BASE_URL = "https://rest.runpod.io"
+DEFAULT_BASE_URL = PROVIDERS[PROVIDER].default_url
 V2_BASE_URL = "https://api.runpod.io"
 _V1 = "/v1"
 
@@ -203,8 +204,7 @@ class RunPodAdapter(HttpAdapter):
     """One RunPod account. See the module docstring for what each answer means."""
 
     profile = AdapterProfile(
-        name=PROVIDER, base_url=DEFAULT_BASE_URL, api_key_env="RUNPOD_API_KEY",
-        base_url_setting="runpod_base_url",
+        PROVIDERS[PROVIDER], statuses=RUNPOD_STATUSES,
         capabilities=Capabilities(stop=True, restart=True, tags=False),
         error_mapper=map_runpod_error, rate_limits=RUNPOD_RATE_LIMITS)
     endpoints = RUNPOD_ENDPOINTS

@@ -89,6 +89,7 @@ from gpufsm.errors import (
     ValidationError,
 )
 from gpufsm.machines import Capabilities
+from gpufsm.providers import PROVIDERS
 from gpufsm.specs import InstanceSpec
 
 __all__ = [
@@ -111,7 +112,6 @@ __all__ = [
 log = logging.getLogger("gpufsm.adapters.vastai")
 
 PROVIDER = "vastai"
-DEFAULT_BASE_URL = "https://console.vast.ai"
 V0 = "/api/v0"
 V1 = "/api/v1"
 
@@ -189,8 +189,7 @@ class VastAdapter(HttpAdapter):
     """One Vast.ai account. See the module docstring for the dialect's traps."""
 
     profile = AdapterProfile(
-        name=PROVIDER, base_url=DEFAULT_BASE_URL, api_key_env="VAST_API_KEY",
-        base_url_setting="vast_base_url",
+        PROVIDERS[PROVIDER], statuses=VAST_STATUSES,
         capabilities=Capabilities(stop=True, restart=True, tags=False),
         error_mapper=map_vast_error, rate_limits=VAST_RATE_LIMITS)
     endpoints = VAST_ENDPOINTS

@@ -28,11 +28,11 @@ from dataclasses import dataclass
 from types import FrameType
 from typing import Any, TextIO
 
-from gpufsm.adapters import ADAPTERS, InstanceTypeOffer
-from gpufsm.cli._providers import PROVIDER_SETTINGS
+from gpufsm.adapters import InstanceTypeOffer, adapter_class
 from gpufsm.clock import Clock, SystemClock
 from gpufsm.config import Settings
 from gpufsm.machines import Capabilities
+from gpufsm.providers import PROVIDERS
 from gpufsm.testing import FakeClock, SimTimings, SimulatedCloud
 from gpufsm.testing.emulators import (
     DIALECTS,
@@ -71,42 +71,41 @@ class DialectProfile:
     id_prefix: str | None = None
 
 
-def _offers(provider: str, *rows: tuple[str, float, tuple[str, ...], int, str]
-            ) -> tuple[InstanceTypeOffer, ...]:
-    return tuple(InstanceTypeOffer(provider, name, price, regions, gpus, gpu)
-                 for name, price, regions, gpus, gpu in rows)
+def _profile(provider: str, *rows: tuple[str, float, tuple[str, ...], int, str],
+             id_prefix: str | None = None) -> DialectProfile:
+    """The simulated cloud for ``provider``: ``rows`` as its offers, and the capabilities
+    its adapter declares (one source: Lambda cannot stop, in both)."""
+    capabilities: Capabilities = adapter_class(provider).profile.capabilities
+    offers = tuple(InstanceTypeOffer(provider, name, price, regions, gpus, gpu)
+                   for name, price, regions, gpus, gpu in rows)
+    return DialectProfile(capabilities, offers, id_prefix)
 
 
-_STOPPABLE = Capabilities(stop=True, restart=True, tags=False)
-
-#: One profile per dialect; the last offer of each is sold out everywhere.
+#: One profile per dialect, keyed as ``gpufsm.providers.PROVIDERS`` (a test holds the keys
+#: equal); the last offer of each is sold out everywhere.
 PROFILES: dict[str, DialectProfile] = {
-    "lambda": DialectProfile(
-        Capabilities(stop=False, restart=True, tags=True),  # Lambda cannot stop
-        _offers("lambda",
-                ("gpu_1x_a10", 0.75, ("us-east-1", "us-west-1"), 1, "A10 (24 GB PCIe)"),
-                ("gpu_1x_h100_pcie", 2.49, ("us-west-3",), 1, "H100 (80 GB PCIe)"),
-                ("gpu_8x_h100_sxm5", 23.92, (), 8, "H100 (80 GB SXM5)"))),
-    "novita": DialectProfile(
-        _STOPPABLE,
-        _offers("novita",
-                ("RTX 4090 24GB", 0.35, ("us-ca-01", "eu-de-01"), 1, "RTX 4090"),
-                ("H100 SXM 80GB", 2.56, ("us-ca-01",), 1, "H100"),
-                ("A100 SXM 80GB", 1.60, (), 1, "A100"))),
-    "runpod": DialectProfile(
-        _STOPPABLE,
-        _offers("runpod",
-                ("NVIDIA A40", 0.44, ("EU-RO-1", "US-TX-3"), 1, "A40 (48 GB)"),
-                ("NVIDIA H100 80GB HBM3", 2.69, ("US-TX-3",), 1, "H100 SXM (80 GB)"),
-                ("NVIDIA B200", 5.99, (), 1, "B200 (180 GB)")),
+    "lambda": _profile(
+        "lambda",
+        ("gpu_1x_a10", 0.75, ("us-east-1", "us-west-1"), 1, "A10 (24 GB PCIe)"),
+        ("gpu_1x_h100_pcie", 2.49, ("us-west-3",), 1, "H100 (80 GB PCIe)"),
+        ("gpu_8x_h100_sxm5", 23.92, (), 8, "H100 (80 GB SXM5)")),
+    "novita": _profile(
+        "novita",
+        ("RTX 4090 24GB", 0.35, ("us-ca-01", "eu-de-01"), 1, "RTX 4090"),
+        ("H100 SXM 80GB", 2.56, ("us-ca-01",), 1, "H100"),
+        ("A100 SXM 80GB", 1.60, (), 1, "A100")),
+    "runpod": _profile(
+        "runpod",
+        ("NVIDIA A40", 0.44, ("EU-RO-1", "US-TX-3"), 1, "A40 (48 GB)"),
+        ("NVIDIA H100 80GB HBM3", 2.69, ("US-TX-3",), 1, "H100 SXM (80 GB)"),
+        ("NVIDIA B200", 5.99, (), 1, "B200 (180 GB)"),
         id_prefix="rp"),
-    "vastai": DialectProfile(
-        _STOPPABLE,
-        _offers("vastai",
-                ("RTX_4090", 0.35, ("Texas, US", "Stockholm, SE"), 1, "RTX 4090 (24 GB)"),
-                ("RTX_3090", 0.18, ("Quebec, CA",), 1, "RTX 3090 (24 GB)"),
-                ("H100_SXM", 2.10, ("Oregon, US",), 1, "H100 SXM (80 GB)"),
-                ("A100_PCIE", 1.10, (), 1, "A100 PCIE (40 GB)"))),
+    "vastai": _profile(
+        "vastai",
+        ("RTX_4090", 0.35, ("Texas, US", "Stockholm, SE"), 1, "RTX 4090 (24 GB)"),
+        ("RTX_3090", 0.18, ("Quebec, CA",), 1, "RTX 3090 (24 GB)"),
+        ("H100_SXM", 2.10, ("Oregon, US",), 1, "H100 SXM (80 GB)"),
+        ("A100_PCIE", 1.10, (), 1, "A100 PCIE (40 GB)")),
 }
 
 
@@ -126,8 +125,9 @@ def shell_exports(dialect: str, url: str, *, key_checked: bool) -> str:
     With a checked key (``--api-key``) the key variable is named in a comment, not set:
     the key is never printed.
     """
-    _, url_setting, key_env = PROVIDER_SETTINGS[dialect]
-    url_env = f"{Settings.model_config.get('env_prefix', '')}{url_setting}".upper()
+    provider = PROVIDERS[dialect]
+    url_env = f"{Settings.model_config.get('env_prefix', '')}{provider.url_setting}".upper()
+    key_env = provider.key_env
     if key_checked:
         return f"export {url_env}={url}  # and {key_env}=the key given with --api-key"
     return f"export {url_env}={url} {key_env}={ANY_KEY}"
@@ -218,7 +218,7 @@ def run_emulator(
             f"{url}{ADMIN_PREFIX}clock)"
         key = "checked: the one given with --api-key" if api_key else \
             "not checked (any key is accepted)"
-        adapter = ADAPTERS[dialect].partition(":")[2]
+        adapter = PROVIDERS[dialect].adapter.partition(":")[2]
         out.write(
             f"gpufsm emulator: {dialect} dialect over a simulated cloud, seed {seed}, {clock}\n"
             f"url:      {url}\n"

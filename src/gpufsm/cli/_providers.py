@@ -11,26 +11,21 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 
-from gpufsm.adapters import ADAPTERS, ProviderAdapter, adapter_class
-from gpufsm.adapters._base import AdapterProfile
+from gpufsm.adapters import ProviderAdapter, adapter_class
 from gpufsm.config import Settings
 from gpufsm.errors import ValidationError
+from gpufsm.providers import PROVIDERS
 
 __all__ = ["PROVIDER_SETTINGS", "build_adapters"]
 
 log = logging.getLogger("gpufsm.cli")
 
-
-def _profile(name: str) -> AdapterProfile:
-    profile: AdapterProfile = adapter_class(name).profile
-    return profile
-
-
-#: provider → (API key setting, base URL setting, environment variable of the key), as
-#: each adapter's profile declares them.
+#: provider → (API key setting, base URL setting, environment variable of the key), in
+#: name order, as ``gpufsm.providers.PROVIDERS`` (which each adapter's profile also reads)
+#: declares them.
 PROVIDER_SETTINGS: dict[str, tuple[str, str, str]] = {
-    name: (p.api_key_setting, p.base_url_setting, p.api_key_env)
-    for name, p in ((name, _profile(name)) for name in sorted(ADAPTERS))
+    name: (PROVIDERS[name].key_setting, PROVIDERS[name].url_setting, PROVIDERS[name].key_env)
+    for name in sorted(PROVIDERS)
 }
 
 

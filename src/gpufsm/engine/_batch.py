@@ -18,16 +18,16 @@ from typing import Any
 
 from gpufsm.adapters import Observation
 from gpufsm.engine._context import Engine
-from gpufsm.engine._decide import Row, row_after
+from gpufsm.engine._decide import Row, facts_after, row_after
 from gpufsm.engine._decision import Decision, Health, Need
 from gpufsm.engine._health import gate_health
 from gpufsm.engine._locks import Held
 from gpufsm.engine._observe import decide_for, log_notes
 from gpufsm.errors import GpufsmError
 from gpufsm.notify import TransitionEvent
-from gpufsm.store import BatchOutcome, InstanceRecord, Move, TrackedInstance
+from gpufsm.store import BatchOutcome, DriftNote, InstanceRecord, Move, RowWrite, TrackedInstance
 
-__all__ = ["Outcome", "observe_batch", "write_moves"]
+__all__ = ["Outcome", "observe_batch", "write_batch"]
 
 log = logging.getLogger("gpufsm.fleet")
 
@@ -49,7 +49,6 @@ class _Plan:
     row: Any
     observation: Observation
     decision: Decision
-    moves: tuple[Move, ...] = ()
 
 
 def observe_batch(engine: Engine, items: Sequence[tuple[Any, Observation]], actor: str
@@ -126,92 +125,86 @@ def _probed(engine: Engine, plans: Sequence[_Plan], now: datetime) -> list[_Plan
 
 def _commit(engine: Engine, plans: list[_Plan], items: Sequence[tuple[Any, Observation]],
             results: list[Outcome | None], *, actor: str, now: datetime) -> None:
-    """Moves first (one transaction per round of steps), then drift and facts per row.
+    """Every plan's moves, drift and facts in one ``apply_batch``: one transaction.
 
     Each row's lock is taken without waiting: one held by another thread (a command
     under way) is left to the single path, which waits its turn.
     """
     held: list[Held] = []
-    mine: list[_Plan] = []
+    built: list[_Built] = []
     for plan in plans:
         lock = engine._lock(plan.row.id)
-        if lock.try_acquire():
-            held.append(lock)
-            mine.append(plan)
+        if not lock.try_acquire():
+            continue
+        held.append(lock)
+        one = _built(engine, plan, actor, now)
+        if one is not None:
+            built.append(one)
     try:
-        for round_ in range(2):  # a CREATING row found running moves twice
-            moving = [p for p in mine if len(p.decision.steps) > round_]
-            mine = [p for p in mine if len(p.decision.steps) <= round_
-                    ] + _move(engine, moving, round_, actor, now)
-        for plan in sorted(mine, key=lambda p: p.index):
-            after = _finish(engine, plan, actor, now)
-            if after is not None:
-                results[plan.index] = Outcome(_kind_of(after, items[plan.index][0]),
-                                              plan.moves)
+        outcome = write_batch(engine, [b.write for b in built], actor=actor, at=now,
+                              what="observations")
+        if outcome is None:
+            return
+        for one in built:
+            if one.write.instance_id in outcome.applied:
+                for heard in one.heard:
+                    engine._notify(heard)
+                log_notes(one.plan.decision)
+                results[one.plan.index] = Outcome(
+                    _kind_of(one.after, items[one.plan.index][0]), one.write.moves)
     finally:
         for lock in held:
             lock.release()
 
 
-def _move(engine: Engine, plans: list[_Plan], round_: int, actor: str, now: datetime
-          ) -> list[_Plan]:
-    """Commit step ``round_`` of every plan in one ``transition_many``; the plans it
-    applied (their rows moved on), the others left to the single path."""
-    if not plans:
-        return []
-    built: list[tuple[_Plan, Move, TransitionEvent]] = []
-    for plan in plans:
-        step = plan.decision.steps[round_]
-        try:
-            move, heard = engine._move(plan.row, step.event, at=now, reason=step.reason,
-                                       raw_status=step.raw_status, changes=step.changes,
-                                       actor=actor)
-        except GpufsmError:
-            continue  # refused by the machine: the single path raises it to the caller
-        built.append((plan, move, heard))
-    outcome = write_moves(engine, [m for _, m, _ in built], actor=actor, at=now,
-                          what="observations")
-    if outcome is None:
-        return []
-    done = []
-    for plan, move, heard in built:
-        if move.instance_id in outcome.applied:
-            plan.row = row_after(plan.row, move, now)
-            plan.moves = (*plan.moves, move)
-            engine._notify(heard)
-            done.append(plan)
-    return done
+@dataclass(frozen=True, slots=True)
+class _Built:
+    """A plan as its RowWrite, what listeners hear once it commits, and the row after."""
+
+    plan: _Plan
+    write: RowWrite
+    heard: tuple[TransitionEvent, ...]
+    after: Row
 
 
-def write_moves(engine: Engine, moves: Sequence[Move], *, actor: str, at: datetime,
-                what: str) -> BatchOutcome | None:
-    """One ``transition_many`` for a batch; None when the write failed (logged), and the
-    caller then leaves every item to its single path, which re-reads and retries."""
-    try:
-        return engine.store.transition_many(moves, actor=actor, at=at)
-    except Exception:
-        log.warning("batched write of %d %s failed: doing them one by one", len(moves),
-                    what, exc_info=True)
-        return None
-
-
-def _finish(engine: Engine, plan: _Plan, actor: str, now: datetime) -> Row | None:
-    """The drift and facts of one plan whose moves are committed; None if they failed."""
+def _built(engine: Engine, plan: _Plan, actor: str, now: datetime) -> _Built | None:
+    """The plan's steps fired through the machine, one after the other, and its drift
+    and facts: None when the machine refuses a step (the single path raises it)."""
     decision = plan.decision
     row: Row = plan.row
+    moves: list[Move] = []
+    heard: list[TransitionEvent] = []
+    for step in decision.steps:
+        try:
+            move, announced = engine._move(row, step.event, at=now, reason=step.reason,
+                                           raw_status=step.raw_status, changes=step.changes,
+                                           actor=actor)
+        except GpufsmError:
+            return None
+        moves.append(move)
+        heard.append(announced)
+        row = row_after(row, move, now)
+    drift = None if decision.drift is None else DriftNote(
+        decision.drift.event, decision.drift.raw_status, decision.drift.reason)
+    if decision.facts is not None:
+        row = facts_after(row, decision.facts, now)
+    write = RowWrite(plan.row.id, plan.row.version, plan.row.state, tuple(moves), drift,
+                     decision.facts)
+    return _Built(plan, write, tuple(heard), row)
+
+
+def write_batch(engine: Engine, writes: Sequence[RowWrite], *, actor: str, at: datetime,
+                what: str) -> BatchOutcome | None:
+    """One ``apply_batch``; None when the write failed (logged), and the caller then
+    leaves every item to its single path, which re-reads and retries."""
+    if not writes:
+        return BatchOutcome({})
     try:
-        if decision.drift is not None:
-            engine.store.record_drift(row.id, state=row.state, event=decision.drift.event,
-                                      actor=actor, at=now, raw_status=decision.drift.raw_status,
-                                      reason=decision.drift.reason)
-        if decision.facts is not None:
-            row = engine.store.update(row.id, expected_version=row.version, at=now,
-                                      changes=decision.facts)
-    except Exception:  # the single path re-reads the row and finishes it
-        log.debug("writing the observation of %s failed", row.id, exc_info=True)
+        return engine.store.apply_batch(writes, actor=actor, at=at)
+    except Exception:
+        log.warning("batched write of %d %s failed: doing them one by one", len(writes),
+                    what, exc_info=True)
         return None
-    log_notes(decision)
-    return row
 
 
 def _kind_of(row: Row, given: Any) -> Any:

@@ -151,12 +151,7 @@ class Engine:
         move, announced = self._move(record, event, at=self.clock.now(), reason=reason,
                                      raw_status=raw_status, changes=changes,
                                      adapter=adapter, actor=actor)
-        after = self.store.transition(
-            record.id, expected_version=move.expected_version, from_state=move.from_state,
-            to_state=move.to_state, event=move.event, kind=move.kind, actor=announced.actor,
-            at=announced.at, reason=move.reason, raw_status=move.raw_status,
-            changes=move.changes, outbox=move.outbox,
-        )
+        after = self.store.transition(move, actor=announced.actor, at=announced.at)
         self._notify(announced)
         return after
 

@@ -9,6 +9,7 @@ gate. The caller supplies the time and the windows; ``apply`` (``_observe``) com
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
@@ -36,7 +37,7 @@ from gpufsm.machines import (
 )
 from gpufsm.store import InstanceRecord, Move, TrackedInstance
 
-__all__ = ["Row", "decide", "inside_window", "row_after", "since_accepted"]
+__all__ = ["Row", "decide", "facts_after", "inside_window", "row_after", "since_accepted"]
 
 S = InstanceState
 #: A row as the caller holds it: a full record, or the slim view a reconcile pass reads.
@@ -210,6 +211,13 @@ def _facts(row: Row, facts: dict[str, Any], steps: tuple[Step, ...], *,
             break
     return Decision(steps=steps, drift=drift, facts=dict(facts) if changed else None,
                     notes=notes)
+
+
+def facts_after(row: Row, facts: Mapping[str, Any], at: datetime) -> Row:
+    """The row as the store holds it once ``facts`` are written at ``at`` (same kind)."""
+    if isinstance(row, TrackedInstance):
+        return row._replace(**{k: v for k, v in facts.items() if k in _TRACKED})
+    return row.with_changes(**facts, updated_at=at)
 
 
 def since_accepted(row: Row, now: datetime) -> float:

@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from gpufsm.engine._batch import observe_batch, write_moves
+from gpufsm.engine._batch import observe_batch, write_batch
 from gpufsm.engine._commands import call_terminate, look
 from gpufsm.engine._context import Engine
 from gpufsm.engine._decide import row_after
@@ -28,7 +28,7 @@ from gpufsm.engine._observe import observe_one
 from gpufsm.errors import GpufsmError, ProviderError
 from gpufsm.machines import Event, InstanceState
 from gpufsm.notify import TransitionEvent
-from gpufsm.store import InstanceRecord, Move
+from gpufsm.store import InstanceRecord, Move, RowWrite
 
 __all__ = ["Ended", "terminate_batch"]
 
@@ -91,11 +91,11 @@ def _intents(engine: Engine, requests: Sequence[tuple[str, str | None]],
 
 def _commit(engine: Engine, built: list[tuple[InstanceRecord, Move, TransitionEvent]],
             now: datetime) -> list[tuple[InstanceRecord, Move]]:
-    """Every intent in one ``transition_many``; the rows it moved to TERMINATING."""
+    """Every intent in one ``apply_batch``; the rows it moved to TERMINATING."""
     if not built:
         return []
-    outcome = write_moves(engine, [m for _, m, _ in built], actor=engine.actor, at=now,
-                          what="terminates")
+    outcome = write_batch(engine, [RowWrite.of(m) for _, m, _ in built],
+                          actor=engine.actor, at=now, what="terminates")
     if outcome is None:
         return []
     committed = []

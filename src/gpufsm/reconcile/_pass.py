@@ -116,9 +116,10 @@ class Reconciler:
             r for r in self.fleet.store.list_tracked(states=_WATCHED) if _needs_watching(r)]
         self._everyone = rows  # the suspicious-listing check weighs every live row
         if self.config.lease_ttl is not None:
-            rows = [TrackedInstance.of(r) for r in self.fleet.store.claim(
-                self.actor, [r.id for r in rows], now=self.fleet.clock.now(),
-                ttl=self.config.lease_ttl, limit=self.config.lease_batch)]
+            # by query, not by a list of ids: one statement whatever the fleet's size
+            rows = list(self.fleet.store.claim(
+                self.actor, now=self.fleet.clock.now(), ttl=self.config.lease_ttl,
+                limit=self.config.lease_batch))
         self._claimed = {r.id for r in rows}
         report.instances_seen = len(rows)
         # A pass builds several structures with an entry per instance (the listing, its

@@ -3,28 +3,36 @@
 Imports the lifecycle's types and nothing above; adapters are a sibling it never sees.
 """
 
+from gpufsm.store._engine import gc_paused, make_engine, sqlite_file
 from gpufsm.store._migrate import current_revision, head_revision, upgrade
-from gpufsm.store._protocol import InstanceStore
+from gpufsm.store._protocol import InstanceRows, InstanceStore, Leases, Outbox
 from gpufsm.store._records import (
     MUTABLE_FIELDS,
     BatchOutcome,
+    DriftNote,
     DriftRecord,
     InstanceRecord,
     Move,
     OutboxMessage,
+    RowWrite,
     TrackedInstance,
     TransitionRecord,
 )
-from gpufsm.store._sql import SqlInstanceStore, gc_paused, make_engine, sqlite_file
+from gpufsm.store._sql import SqlInstanceStore
 
 __all__ = [
     "MUTABLE_FIELDS",
     "BatchOutcome",
+    "DriftNote",
     "DriftRecord",
     "InstanceRecord",
+    "InstanceRows",
     "InstanceStore",
+    "Leases",
     "Move",
+    "Outbox",
     "OutboxMessage",
+    "RowWrite",
     "SqlInstanceStore",
     "TrackedInstance",
     "TransitionRecord",

@@ -1,4 +1,9 @@
-"""The persistence contract the engine and reconciler rely on."""
+"""The persistence contract the engine and reconciler rely on, one protocol per role.
+
+``InstanceRows`` (rows, their history and drift) is what the engine needs; ``Leases``
+is how daemons share rows; ``Outbox`` is the webhook queue. ``InstanceStore`` is all
+three, which ``SqlInstanceStore`` implements; a test double may implement one role.
+"""
 
 from __future__ import annotations
 
@@ -6,59 +11,49 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, Protocol, runtime_checkable
 
-from gpufsm.machines import EdgeKind, Event, InstanceState
+from gpufsm.machines import Event, InstanceState
 from gpufsm.store._records import (
     BatchOutcome,
     DriftRecord,
     InstanceRecord,
     Move,
     OutboxMessage,
+    RowWrite,
     TrackedInstance,
     TransitionRecord,
 )
 
-__all__ = ["InstanceStore"]
+__all__ = ["InstanceRows", "InstanceStore", "Leases", "Outbox"]
 
 
 @runtime_checkable
-class InstanceStore(Protocol):
-    """Rows of instances and their history.
+class InstanceRows(Protocol):
+    """Rows of instances, their history and their drift.
 
     Every write checks the version the caller read (optimistic concurrency) and raises
     VersionConflict when someone else moved the row first. A transition and its history
     row are committed together or not at all.
 
-    For fleets: ``transition_many`` commits many moves in one transaction and reports
-    the stale ones (``BatchOutcome.conflicts``) instead of raising; ``list_tracked``
-    returns the slim TrackedInstance view of the rows ``list`` returns,
-    ``find_tracked`` is ``find`` for many tags and provider ids at once, and
-    ``history_many`` is ``history`` for many rows (id → its history, oldest first),
-    and ``get_many`` is ``get`` for many rows (id → record; missing ids left out).
+    For fleets: ``apply_batch`` commits many rows' writes (moves, drift, facts) in one
+    transaction and reports the stale rows (``BatchOutcome.conflicts``) instead of
+    raising, and ``transition_many`` is it for one move per row; ``list_tracked``
+    returns the slim TrackedInstance view of the rows ``list`` returns; ``find_tracked``
+    is ``find`` for many tags and provider ids at once; ``history_many`` is ``history``
+    for many rows (id → its history, oldest first), and ``get_many`` is ``get`` for
+    many rows (id → record; missing ids left out).
     """
 
     def insert(self, record: InstanceRecord, *, actor: str, reason: str | None = None,
                outbox: Sequence[tuple[str, dict[str, Any]]] = (),
                then: Sequence[Move] = ()) -> InstanceRecord: ...
 
-    def transition(
-        self,
-        instance_id: str,
-        *,
-        expected_version: int,
-        from_state: InstanceState,
-        to_state: InstanceState,
-        event: Event,
-        kind: EdgeKind,
-        actor: str,
-        at: datetime,
-        reason: str | None = None,
-        raw_status: str | None = None,
-        changes: Mapping[str, Any] | None = None,
-        outbox: Sequence[tuple[str, dict[str, Any]]] = (),
-    ) -> InstanceRecord: ...
+    def transition(self, move: Move, *, actor: str, at: datetime) -> InstanceRecord: ...
 
     def transition_many(self, moves: Sequence[Move], *, actor: str, at: datetime
                         ) -> BatchOutcome: ...
+
+    def apply_batch(self, writes: Sequence[RowWrite], *, actor: str, at: datetime
+                    ) -> BatchOutcome: ...
 
     def update(self, instance_id: str, *, expected_version: int, at: datetime,
                changes: Mapping[str, Any]) -> InstanceRecord: ...
@@ -68,6 +63,8 @@ class InstanceStore(Protocol):
                      reason: str | None = None) -> DriftRecord: ...
 
     def get(self, instance_id: str) -> InstanceRecord: ...
+
+    def get_many(self, instance_ids: Iterable[str]) -> Mapping[str, InstanceRecord]: ...
 
     def find(self, provider: str, *, provider_instance_id: str | None = None,
              tag: str | None = None) -> InstanceRecord | None: ...
@@ -87,12 +84,22 @@ class InstanceStore(Protocol):
     def history_many(self, instance_ids: Iterable[str]
                      ) -> Mapping[str, Sequence[TransitionRecord]]: ...
 
-    def get_many(self, instance_ids: Iterable[str]) -> Mapping[str, InstanceRecord]: ...
+    def drift(self, instance_id: str) -> Sequence[DriftRecord]: ...
 
-    def claim(self, owner: str, instance_ids: Sequence[str], *, now: datetime,
-              ttl: float, limit: int | None = None) -> Sequence[InstanceRecord]: ...
+
+@runtime_checkable
+class Leases(Protocol):
+    """Which daemon acts on which rows (several daemons on one PostgreSQL)."""
+
+    def claim(self, owner: str, *, now: datetime, ttl: float, limit: int | None = None
+              ) -> Sequence[TrackedInstance]: ...
 
     def release(self, owner: str, instance_ids: Sequence[str] | None = None) -> int: ...
+
+
+@runtime_checkable
+class Outbox(Protocol):
+    """Webhook messages committed with their transitions, delivered afterwards."""
 
     def claim_outbox(self, *, now: datetime, hold: float, limit: int = 100
                      ) -> Sequence[OutboxMessage]: ...
@@ -102,6 +109,9 @@ class InstanceStore(Protocol):
     def outbox_failed(self, seq: int, *, error: str, next_attempt_at: datetime | None
                       ) -> None: ...
 
-    def drift(self, instance_id: str) -> Sequence[DriftRecord]: ...
+
+@runtime_checkable
+class InstanceStore(InstanceRows, Leases, Outbox, Protocol):
+    """Every role in one database."""
 
     def close(self) -> None: ...

@@ -19,8 +19,8 @@ from typing import Any, NamedTuple
 
 from gpufsm.machines import EdgeKind, Event, InstanceState
 
-__all__ = ["MUTABLE_FIELDS", "BatchOutcome", "DriftRecord", "InstanceRecord", "Move",
-           "OutboxMessage", "TrackedInstance", "TransitionRecord"]
+__all__ = ["MUTABLE_FIELDS", "BatchOutcome", "DriftNote", "DriftRecord", "InstanceRecord",
+           "Move", "OutboxMessage", "RowWrite", "TrackedInstance", "TransitionRecord"]
 
 #: Columns a write may change besides state and version. Anything else is a bug.
 MUTABLE_FIELDS = frozenset({
@@ -199,10 +199,60 @@ class Move:
 
 
 @dataclass(frozen=True, slots=True)
-class BatchOutcome:
-    """What ``transition_many`` did: each applied move's new version, and the rest.
+class DriftNote:
+    """An observation with no edge from the row's state, to be kept for audit."""
 
-    ``conflicts`` are the ids of moves not applied because the row was no longer at the
+    event: Event
+    raw_status: str | None = None
+    reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RowWrite:
+    """Everything one decision writes to one row, committed whole or not at all.
+
+    The row must still be at ``expected_version`` in ``state`` (what the decision was
+    made from). Then ``moves`` apply in order (each one's expected version and from-state
+    are the previous one's result: a CREATING row found running moves twice), the
+    ``drift`` is recorded in the state the moves leave, and the ``facts`` (fields, no
+    transition: the version is not bumped) are written last.
+    """
+
+    instance_id: str
+    expected_version: int
+    state: InstanceState
+    moves: tuple[Move, ...] = ()
+    drift: DriftNote | None = None
+    facts: Mapping[str, Any] | None = None
+
+    @property
+    def final_version(self) -> int:
+        return self.expected_version + len(self.moves)
+
+    @property
+    def final_state(self) -> InstanceState:
+        return self.moves[-1].to_state if self.moves else self.state
+
+    def check(self) -> None:
+        """ValueError unless the moves chain from the row as read, one after another."""
+        version, state = self.expected_version, self.state
+        for move in self.moves:
+            if move.instance_id != self.instance_id or (
+                    move.expected_version, move.from_state) != (version, state):
+                raise ValueError(f"the moves of {self.instance_id} do not follow each other")
+            version, state = version + 1, move.to_state
+
+    @classmethod
+    def of(cls, move: Move) -> RowWrite:
+        """The write of a single move."""
+        return cls(move.instance_id, move.expected_version, move.from_state, (move,))
+
+
+@dataclass(frozen=True, slots=True)
+class BatchOutcome:
+    """What a batch did: each applied row's new version, and the rest.
+
+    ``conflicts`` are the ids of rows not written because the row was no longer at the
     expected version and state (or no longer exists): nothing of theirs was written,
     and the caller re-reads them, exactly as after a VersionConflict.
     """

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from gpufsm.providers import PROVIDERS
 from gpufsm.testing.emulators._admin import EmulatorAdmin, enable_admin
 from gpufsm.testing.emulators._server import (
     Dialect,
@@ -26,13 +27,9 @@ __all__ = [
     "make_dialect",
 ]
 
-#: provider name → "module:Class"; each class is built as ``Class(cloud)``.
-DIALECTS: dict[str, str] = {
-    "lambda": "gpufsm.testing.emulators.lambda_cloud:LambdaDialect",
-    "novita": "gpufsm.testing.emulators.novita:NovitaDialect",
-    "runpod": "gpufsm.testing.emulators.runpod:RunPodDialect",
-    "vastai": "gpufsm.testing.emulators.vastai:VastDialect",
-}
+#: provider name → "module:Class", derived from ``gpufsm.providers.PROVIDERS`` (a dict, so
+#: a test may swap one entry); each class is built as ``Class(cloud)``.
+DIALECTS: dict[str, str] = {name: p.dialect for name, p in PROVIDERS.items()}
 
 
 def make_dialect(name: str, cloud: Any) -> Dialect:
