@@ -23,6 +23,7 @@ from gpufsm import SqlInstanceStore
 from gpufsm.adapters._http import RetryPolicy
 from gpufsm.cli import _providers, app
 from gpufsm.clock import SystemClock
+from gpufsm.providers import PROVIDERS
 from gpufsm.store import InstanceRecord
 from gpufsm.testing import SimTimings, SimulatedCloud
 from gpufsm.testing.emulators import EmulatorServer, make_dialect
@@ -35,10 +36,11 @@ FAST = SimTimings(provision=(0.02, 0.05), boot=(0.05, 0.1), stop=(0.05, 0.1),
                   linger=(30.0, 30.0))
 LAUNCH = ["launch", "--provider", "lambda", "--type", "gpu_1x_a10", "--region", "us-east-1",
           "--ssh-key", "laptop"]
-#: Keys of the providers the tests never configure: set, they would point an adapter
-#: at the real provider.
-OTHER_KEYS = ("VAST_API_KEY", "NOVITA_API_KEY", "RUNPOD_API_KEY", "GPUFSM_VAST_API_KEY",
-              "GPUFSM_NOVITA_API_KEY", "GPUFSM_RUNPOD_API_KEY")
+#: Keys of the providers the tests never configure (set, they would point an adapter at
+#: the real provider): every provider's but Lambda's, in both spellings, read from the
+#: registry so a new provider's key is cleared too.
+OTHER_KEYS = tuple(var for p in PROVIDERS.values() if p.name != "lambda"
+                   for var in (p.key_env, f"GPUFSM_{p.key_setting.upper()}"))
 #: The installed entry point, for tests that need a real process (signals, main()).
 GPUFSM = Path(sys.executable).with_name("gpufsm")
 

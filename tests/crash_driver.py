@@ -66,6 +66,7 @@ from typing import Any, NoReturn
 from gpufsm import Fleet, GpufsmError, InstanceState
 from gpufsm.adapters import RetryPolicy
 from gpufsm.adapters.lambda_cloud import LambdaCloudAdapter
+from gpufsm.placement import Requirements
 from gpufsm.reconcile import OrphanPolicy, ReconcileConfig, Reconciler
 from gpufsm.store import SqlInstanceStore
 from gpufsm.testing.emulators import EmulatorServer
@@ -167,7 +168,7 @@ def _loop(fleet: Fleet, rng: random.Random) -> None:
 
 #: The store's writes (each one commit) and the adapter's provider calls a point can name.
 STORE_METHODS = ("insert", "transition", "transition_many", "apply_batch", "update",
-                 "record_drift")
+                 "record_drift", "open_placement", "claim_winner", "fail_placement")
 ADAPTER_METHODS = ("launch", "get", "list_instances", "start", "stop", "restart", "terminate")
 _METHODS = {"store": STORE_METHODS, "adapter": ADAPTER_METHODS}
 _POINT = re.compile(r"(?P<script>[a-z-]+)/(?P<when>before|after):"
@@ -272,6 +273,11 @@ def _launch(fleet: Fleet, cmd: dict[str, Any]) -> object:
     return fleet.launch({**SPEC, "name": "crash-point"})
 
 
+def _place(fleet: Fleet, cmd: dict[str, Any]) -> object:
+    return fleet.launch(Requirements(gpus=("A10",)),
+                        template={"ssh_key_names": ["crash-key"], "name": "crash-point"})
+
+
 def _terminate(fleet: Fleet, cmd: dict[str, Any]) -> object:
     return fleet.terminate(cmd["instance_id"], reason="crash point")
 
@@ -291,6 +297,10 @@ SCRIPTS: dict[str, Script] = {
                           "it: error noted, tag search, adoption", _launch),
     "launch-refused": Script("Fleet.launch refused by the provider (no capacity): FAILED, "
                              "not billable", _launch),
+    "place": Script("Fleet.launch(Requirements): the cheapest A10 offer refused for "
+                    "capacity, the next placed and claimed as the winner", _place),
+    "place-lost": Script("Fleet.launch(Requirements): the first offer's answer lost and "
+                         "its tag unseen, the next placed", _place),
     "heal": Script("reconcile pass adopting by tag a CREATING row whose launch answer was "
                    "lost", _reconcile),
     "terminate": Script("Fleet.terminate of a RUNNING instance: TERMINATING, provider "

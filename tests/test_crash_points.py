@@ -113,6 +113,26 @@ CASES: list[Case] = [
     Case("launch-refused/after:adapter.launch#1", "refused; refusal not recorded",
          (REFUSED,)),
     Case("launch-refused/after:store.transition#1", "FAILED, not billable", (REFUSED,)),
+    # a placement (launch by requirements): the cheapest A10 offer (us-east-1) refused for
+    # capacity, the next (us-west-1) placed and claimed as the request's one winner
+    Case("place/after:store.open_placement#1", "placement OPEN; no attempt yet", ()),
+    Case("place/after:adapter.launch#1", "first offer refused; refusal not recorded",
+         (REFUSED,)),
+    Case("place/after:store.insert#2", "first FAILED; second CREATING, not sent",
+         (REFUSED, REFUSED)),
+    Case("place/after:adapter.launch#2", "second created; its id known to no row",
+         (REFUSED, RUN)),
+    Case("place/before:store.claim_winner#1", "second CREATED; the win not claimed",
+         (REFUSED, RUN)),
+    Case("place/after:store.claim_winner#1", "placed", (REFUSED, RUN)),
+    # the first offer's answer lost and its tag unseen: tracked while the next is placed;
+    # recovery keeps one machine and terminates the other
+    Case("place-lost/before:adapter.launch#2", "first machine exists, unknown; next not "
+         "sent", (RUN, GONE)),
+    Case("place-lost/before:store.claim_winner#1", "two machines; no winner claimed",
+         (RUN, GONE)),
+    Case("place-lost/after:store.claim_winner#1", "the second won; the first unknown",
+         (RUN, GONE)),
     # a reconcile pass healing a launch in doubt (CREATING, no id, instance exists)
     Case("heal/after:adapter.list_instances#1", "tag listed; nothing written", (RUN,)),
     Case("heal/after:store.apply_batch#1", "adopted: CREATED with the id", (RUN,)),
@@ -298,6 +318,15 @@ def _refused(world: World) -> dict[str, Any]:
     return {}
 
 
+def _first_unseen(world: World) -> dict[str, Any]:
+    """The first launch's answer dropped after the work, and the tag search that follows
+    it fails: its outcome stays unknown (CREATING, no id) while its machine runs."""
+    world.server.inject(HttpFault("drop", method="POST", path_contains="launch",
+                                  after_work=True))
+    world.server.inject(HttpFault("5xx", times=3, method="GET", path_contains=LIST_PATH))
+    return {}
+
+
 def _running(world: World) -> dict[str, Any]:
     record = world.fleet.launch({**SPEC, "name": "crash-point"})
     world.fleet.wait_for(record.id, S.RUNNING, timeout=10, poll_interval=0.02)
@@ -366,6 +395,8 @@ SETUPS: dict[str, Callable[[World], dict[str, Any]]] = {
     "launch": _nothing,
     "launch-lost": _answer_lost,
     "launch-refused": _refused,
+    "place": _refused,
+    "place-lost": _first_unseen,
     "heal": _in_doubt,
     "terminate": _running,
     "terminate-pidless": _in_doubt,

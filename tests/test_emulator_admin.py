@@ -30,7 +30,7 @@ from gpufsm.adapters import LaunchRequest, RetryPolicy, adapter_class, ownership
 from gpufsm.cli import app
 from gpufsm.cli._emulator import PROFILES, is_loopback, run_emulator
 from gpufsm.clock import SystemClock
-from gpufsm.errors import AuthError, InsufficientCapacity, ProviderUnavailable
+from gpufsm.errors import AuthError, InsufficientCapacity, ProviderUnavailable, QuotaExceeded
 from gpufsm.machines import InstanceState
 from gpufsm.specs import InstanceSpec
 from gpufsm.testing import FakeClock, SimulatedCloud
@@ -322,6 +322,52 @@ def test_fail_next_credit_and_raw_status_through_admin(rig: Rig) -> None:
     assert rig.adapter.get(pid) is None
 
 
+def _regions(rig: Rig, instance_type: str) -> tuple[str, ...]:
+    [offer] = [o for o in rig.adapter.instance_types() if o.name == instance_type]
+    return offer.regions
+
+
+def test_sell_out_and_restock_through_admin(rig: Rig) -> None:
+    """Issue 13: a region sold out through the admin API leaves Lambda's catalog answer
+    and a launch there gets Lambda's own capacity error; a whole type, then the whole
+    provider, likewise; restock brings them back."""
+    assert _regions(rig, "gpu_1x_a10") == ("us-east-1", "us-west-1")
+    sold = rig.admin.post("/_emulator/cloud-faults", json={
+        "action": "sell_out", "instance_type": "gpu_1x_a10", "region": "us-east-1"})
+    assert sold.status_code == 200, sold.text
+    assert sold.json()["sold_out"] == [{"instance_type": "gpu_1x_a10", "region": "us-east-1"}]
+    assert rig.state()["sold_out"] == sold.json()["sold_out"]
+    assert _regions(rig, "gpu_1x_a10") == ("us-west-1",)
+    with pytest.raises(InsufficientCapacity):
+        rig.launch()  # us-east-1
+    assert rig.server.log[-1][2] == 400 and rig.cloud.live_instances() == []
+    assert rig.admin.post("/_emulator/cloud-faults",
+                          json={"action": "sell_out"}).status_code == 200  # everything
+    assert all(not o.regions for o in rig.adapter.instance_types())
+    restocked = rig.admin.post("/_emulator/cloud-faults", json={"action": "restock"})
+    assert restocked.status_code == 200 and restocked.json()["sold_out"] == []
+    assert _regions(rig, "gpu_1x_a10") == ("us-east-1", "us-west-1")
+    assert rig.launch() and len(rig.cloud.live_instances()) == 1
+
+
+def test_quota_refusals_through_admin(rig: Rig) -> None:
+    refused = rig.admin.post("/_emulator/cloud-faults", json={
+        "action": "refuse_quota", "instance_type": "gpu_1x_a10"})
+    assert refused.status_code == 200, refused.text
+    assert rig.state()["quota_refused"] == [{"instance_type": "gpu_1x_a10", "region": None}]
+    with pytest.raises(QuotaExceeded):
+        rig.launch()
+    assert _regions(rig, "gpu_1x_a10") == ("us-east-1", "us-west-1")  # still offered
+    assert rig.admin.post("/_emulator/cloud-faults",
+                          json={"action": "grant_quota"}).status_code == 200
+    rig.launch()
+    rig.admin.post("/_emulator/cloud-faults", json={"action": "refuse_quota"})
+    assert rig.admin.post("/_emulator/cloud-faults", json={"action": "clear"}).status_code == 200
+    assert rig.state()["quota_refused"] == []  # clear lifts quota refusals too
+    rig.launch("a11ce002")
+    assert len(rig.cloud.live_instances()) == 2
+
+
 # ---- time -----------------------------------------------------------------------------------
 
 
@@ -385,6 +431,10 @@ def test_clock_cannot_move_real_time() -> None:
     ("/_emulator/cloud-faults", {"action": "kill"}, "id"),
     ("/_emulator/cloud-faults", {"action": "set_raw_status", "id": "x"}, "raw_status"),
     ("/_emulator/cloud-faults", {"action": "credit", "ok": 1}, "ok"),
+    ("/_emulator/cloud-faults", {"action": "sell_out", "instance_type": "tpu"},
+     "instance_type"),
+    ("/_emulator/cloud-faults", {"action": "refuse_quota", "region": 7}, "region"),
+    ("/_emulator/cloud-faults", {"action": "restock", "colour": "red"}, "colour"),
     ("/_emulator/clock", {}, "advance"),
     ("/_emulator/clock", {"advance": "soon"}, "advance"),
     ("/_emulator/settle", {"seconds": -5}, "seconds"),

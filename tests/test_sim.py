@@ -6,6 +6,8 @@ import random
 from collections import Counter
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gpufsm.adapters import InstanceTypeOffer, LaunchRequest, ProviderAdapter, ProviderInstance
 from gpufsm.errors import (
@@ -689,3 +691,79 @@ class TestView:
                                      "terminating", "terminated"}
         assert SIM_STATUSES["provisioning"] is InstanceState.CREATED
         assert SIM_STATUSES["unhealthy"] is InstanceState.FAILED
+
+
+# ---- sell-outs and quota refusals (issue 13) ------------------------------------------------
+
+_TYPES = (
+    InstanceTypeOffer("sim", "a10", 0.75, ("east", "west"), 1, "A10",
+                      extra={"region_prices": {"west": 0.81}}),
+    InstanceTypeOffer("sim", "h100", 2.49, ("east",), 1, "H100"),
+)
+_TARGETS = [(t, r) for t in (None, "a10", "h100") for r in (None, "east", "west")]
+
+
+def _on_sale(cloud: SimulatedCloud) -> set[tuple[str, str]]:
+    return {(o.name, r) for o in cloud.instance_types() for r in o.regions}
+
+
+def test_a_sold_out_region_leaves_the_catalog_and_refuses_launches() -> None:
+    cloud = SimulatedCloud(instance_types=_TYPES)
+    cloud.sell_out("a10", "east")
+    assert _on_sale(cloud) == {("a10", "west"), ("h100", "east")}
+    with pytest.raises(InsufficientCapacity, match="sold out"):
+        cloud.create_instance(instance_type="a10", region="east", name="x")
+    pid = cloud.create_instance(instance_type="a10", name="y")  # no region: lands where free
+    assert cloud.instance(pid).region == "west"
+    assert cloud.instance(pid).price_per_hour == 0.81  # that region's price
+    cloud.restock("a10")  # lifts the sell-outs of that type, region or not
+    assert cloud.sold_out == [] and ("a10", "east") in _on_sale(cloud)
+
+
+def test_a_broader_sell_out_is_not_lifted_by_a_narrower_restock() -> None:
+    cloud = SimulatedCloud(instance_types=_TYPES)
+    cloud.sell_out()  # the whole provider
+    assert _on_sale(cloud) == set()
+    cloud.restock("a10", "east")
+    assert _on_sale(cloud) == set() and cloud.sold_out == [(None, None)]
+    cloud.restock()
+    assert len(_on_sale(cloud)) == 3
+
+
+def test_quota_refusals_keep_the_catalog_and_end_with_grant_or_clear() -> None:
+    cloud = SimulatedCloud(instance_types=_TYPES)
+    cloud.refuse_quota(region="east")
+    with pytest.raises(QuotaExceeded):
+        cloud.create_instance(instance_type="h100", region="east", name="x")
+    assert len(_on_sale(cloud)) == 3 and cloud.live_instances(ours_only=False) == []
+    cloud.create_instance(instance_type="a10", region="west", name="y")
+    cloud.grant_quota()
+    cloud.create_instance(instance_type="h100", region="east", name="z")
+    cloud.refuse_quota("h100")
+    cloud.clear_faults()
+    assert cloud.quota_refused == []
+    with pytest.raises(ValueError, match="unknown instance type"):
+        cloud.sell_out("tpu")
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.booleans(), st.sampled_from(_TARGETS)), max_size=8))
+def test_the_catalog_and_launches_agree_with_the_sell_outs(
+        steps: list[tuple[bool, tuple[str | None, str | None]]]) -> None:
+    """After any sequence of sell-outs and restocks, a (type, region) is offered exactly
+    when no sell-out in force covers it, and a launch there succeeds exactly then."""
+    cloud = SimulatedCloud(instance_types=_TYPES)
+    for sell, target in steps:
+        (cloud.sell_out if sell else cloud.restock)(*target)
+    rules = cloud.sold_out
+    offered = _on_sale(cloud)
+    for offer in _TYPES:
+        for region in offer.regions:
+            covered = any((t in (None, offer.name)) and (r in (None, region)) for t, r in rules)
+            assert ((offer.name, region) in offered) is not covered
+            try:
+                cloud.create_instance(instance_type=offer.name, region=region, name="p")
+                landed = True
+            except InsufficientCapacity:
+                landed = False
+            assert landed is not covered

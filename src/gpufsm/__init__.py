@@ -3,6 +3,8 @@
 The public API is re-exported here; submodules whose names start with ``_`` are private.
 """
 
+import logging
+
 from gpufsm.adapters import (
     InstanceTypeOffer,
     LaunchRequest,
@@ -23,6 +25,7 @@ from gpufsm.errors import (
     InsufficientCredit,
     InvalidRequest,
     PermanentProviderError,
+    PlacementFailed,
     ProviderError,
     ProviderNotFound,
     ProviderTimeout,
@@ -48,10 +51,16 @@ from gpufsm.machines import (
     InstanceState,
     Transition,
 )
+from gpufsm.placement import Offer, Requirements
 from gpufsm.specs import InstanceSpec
 from gpufsm.store import InstanceRecord, InstanceStore, SqlInstanceStore, TransitionRecord
 
 __version__ = "0.1.0"
+
+# A library logs; the program that embeds it decides where to. Without a handler here,
+# Python's last-resort handler would print gpufsm's warnings (and tracebacks) to the
+# stderr of a program that configured no logging (the logging HOWTO's advice for libraries).
+logging.getLogger("gpufsm").addHandler(logging.NullHandler())
 
 __all__ = [
     "TRANSITIONS",
@@ -78,7 +87,9 @@ __all__ = [
     "LaunchRequest",
     "Observation",
     "ObservationKind",
+    "Offer",
     "PermanentProviderError",
+    "PlacementFailed",
     "ProviderAdapter",
     "ProviderError",
     "ProviderInstance",
@@ -87,6 +98,7 @@ __all__ = [
     "ProviderUnavailable",
     "QuotaExceeded",
     "RateLimited",
+    "Requirements",
     "Settings",
     "SqlInstanceStore",
     "StoreError",

@@ -46,6 +46,7 @@ __all__ = [
     "InsufficientCredit",
     "InvalidRequest",
     "PermanentProviderError",
+    "PlacementFailed",
     "ProviderError",
     "ProviderNotFound",
     "ProviderTimeout",
@@ -234,3 +235,23 @@ class ProviderNotFound(PermanentProviderError):
 
 class InvalidRequest(PermanentProviderError):
     """The provider rejected the request's content (bad parameters, wrong state)."""
+
+
+class PlacementFailed(GpufsmError):
+    """No offer of a placement produced a machine: one line per attempt and its reason.
+
+    ``attempts`` are (offer, reason) texts in the order tried; ``skipped`` says why
+    offers were not tried at all (none matched, refused lately, a provider's catalog
+    unreadable). Nothing of the placement bills: an attempt whose outcome was unknown
+    is tracked, and its machine is terminated if it ever turns up.
+    """
+
+    def __init__(self, placement_id: str, attempts: tuple[tuple[str, str], ...],
+                 skipped: tuple[str, ...] = ()) -> None:
+        self.placement_id = placement_id
+        self.attempts = attempts
+        self.skipped = skipped
+        lines = [f"placement {placement_id}: no machine after {len(attempts)} attempt(s)"]
+        lines += [f"  {offer}: {reason}" for offer, reason in attempts]
+        lines += [f"  {why}" for why in skipped]
+        super().__init__("\n".join(lines))

@@ -2,9 +2,8 @@
 
 The order of every operation is the promise gpufsm makes:
 
-1. check the command against the table and guards in memory (illegal → nothing
-   called, nothing written);
-2. commit the intent (the new state and its history row) — the database is always
+1. check the command against the table and guards (illegal → nothing called or written);
+2. commit the intent (the new state and its history row): the database is always
    ahead of the provider, so a crash leaves a row that says what we were doing;
 3. call the provider, outside any transaction;
 4. feed what the provider said back as an observation: ``decide`` (pure) says what it
@@ -25,9 +24,10 @@ from typing import Any, overload
 
 from gpufsm import engine
 from gpufsm.adapters import Observation, ProviderInstance
-from gpufsm.engine import DEFAULT_VISIBILITY_WINDOW, Engine, ProgressCallback
+from gpufsm.engine import DEFAULT_VISIBILITY_WINDOW, Engine, PlacementPolicy, ProgressCallback
 from gpufsm.errors import GpufsmError
 from gpufsm.machines import Event, InstanceState
+from gpufsm.placement import Requirements
 from gpufsm.specs import InstanceSpec
 from gpufsm.store import DriftRecord, InstanceRecord, TrackedInstance, TransitionRecord
 
@@ -85,16 +85,30 @@ class Fleet(Engine):
 
     # ---- commands ---------------------------------------------------------------------
 
-    def launch(self, spec: InstanceSpec | Mapping[str, Any], *, reason: str | None = None
-               ) -> InstanceRecord:
+    def launch(self, spec: InstanceSpec | Mapping[str, Any] | Requirements, *,
+               reason: str | None = None, template: Mapping[str, Any] | None = None,
+               policy: PlacementPolicy | None = None) -> InstanceRecord:
         """Create one instance. The CREATING row is committed before the provider call.
 
         A permanent refusal (capacity, credit, bad request) leaves the row FAILED and not
         billable, and is raised. A temporary error leaves the outcome unknown: we look
         for our tag once; found, the instance is adopted and returned; not found, the row
         stays CREATING (billable, to be safe) for the reconciler, and the error is raised.
+
+        Given ``Requirements``, placement picks the machine: matching offers of every
+        provider, cheapest first, each tried as above until one is kept; ``template``
+        holds the rest of the spec. PlacementFailed lists every attempt and its reason.
         """
+        if isinstance(spec, Requirements):
+            return engine.place(self, self.catalog, spec, template, reason=reason,
+                                policy=policy)
         return engine.launch(self, spec, reason)
+
+    def cancel_placement(self, placement_id: str, *, reason: str
+                         ) -> builtins.list[InstanceRecord]:
+        """Give a placement up: every machine of its attempts is terminated (see
+        ``gpufsm.engine.cancel``), and one that turns up later is surplus."""
+        return engine.cancel(self, placement_id, reason)
 
     def start(self, instance_id: str, *, reason: str | None = None) -> InstanceRecord:
         return engine.command(self, instance_id, Event.START, lambda a, pid: a.start(pid),
@@ -124,18 +138,13 @@ class Fleet(Engine):
         FAILED keeps it billable, so policy terminates it; raises TransitionNotAllowed
         from states without a ``timed_out`` edge.
         """
-        with self._lock(instance_id):
-            return self._apply(self.store.get(instance_id), Event.TIMED_OUT, reason=reason)
+        return engine.clock_event(self, instance_id, Event.TIMED_OUT, reason)
 
     def fail_launch(self, instance_id: str, *, reason: str) -> InstanceRecord:
-        """Give up on a CREATING row whose instance never appeared (the launch deadline).
-
-        Called only once good listings have shown no instance with the row's tag, so
-        the row is marked not billable: there is nothing to pay for.
-        """
-        with self._lock(instance_id):
-            return self._apply(self.store.get(instance_id), Event.LAUNCH_FAILED,
-                               reason=reason, changes={"billable": False, "last_error": reason})
+        """Give up on a CREATING row whose instance never appeared (the launch deadline):
+        good listings showed no instance with its tag, so it is marked not billable."""
+        return engine.clock_event(self, instance_id, Event.LAUNCH_FAILED, reason,
+                                  changes={"billable": False, "last_error": reason})
 
     def adopt(self, provider: str, found: ProviderInstance, *, reason: str,
               terminate: bool = False, origin: Mapping[str, Any] | None = None,
@@ -215,24 +224,15 @@ class Fleet(Engine):
             results[i] = TrackedInstance.of(after) if isinstance(row, TrackedInstance) else after
         return results
 
-    @overload
-    def observe_batched(self, items: Sequence[tuple[InstanceRecord, Observation]], *,
-                        actor: str | None = None) -> builtins.list[InstanceRecord | None]: ...
-
-    @overload
-    def observe_batched(self, items: Sequence[tuple[TrackedInstance, Observation]], *,
-                        actor: str | None = None) -> builtins.list[TrackedInstance | None]: ...
-
     def observe_batched(self, items: Sequence[tuple[Any, Observation]], *,
                         actor: str | None = None) -> builtins.list[Any]:
         """The half of ``observe_many`` that commits together; None marks the rest.
 
         Every item is decided against the row given (``decide``); probes the health
-        gate asks for run across rows, outside any lock; the moves of the batch commit
-        in one ``store.transition_many`` (a CREATING row found running takes a second),
-        then drift and facts. An entry is the row after (of the kind given), or None
-        when the item is left to ``observe``: another thread holds the row, it moved
-        since it was read, or its write failed. Nothing here raises for one item.
+        gate asks for run across rows, outside any lock; every row's moves, drift and
+        facts commit in one ``store.apply_batch``. An entry is the row after (of the
+        kind given), or None when the item is left to ``observe``: another thread holds
+        the row, it moved since it was read, or its write failed.
 
         When ``observe`` is overridden (a subclass, a test double) every entry is None:
         an override must see every observation.

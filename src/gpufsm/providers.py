@@ -43,6 +43,9 @@ class Provider:
     key_setting: str  # the gpufsm.config.Settings field that reads key_env
     url_setting: str  # the Settings field that overrides default_url (GPUFSM_<FIELD>)
     default_url: str  # production
+    #: The launch options that ask for a spot/bid (interruptible) machine; empty: the
+    #: provider sells none. Placement adds them when it tries an interruptible offer.
+    spot_options: tuple[tuple[str, object], ...] = ()
 
 
 def _registry(*providers: Provider) -> Mapping[str, Provider]:
@@ -63,13 +66,16 @@ PROVIDERS: Mapping[str, Provider] = _registry(
     Provider("novita", "Novita",
              "gpufsm.adapters.novita:NovitaAdapter",
              "gpufsm.testing.emulators.novita:NovitaDialect",
-             "NOVITA_API_KEY", "novita_api_key", "novita_base_url", "https://api.novita.ai"),
+             "NOVITA_API_KEY", "novita_api_key", "novita_base_url", "https://api.novita.ai",
+             spot_options=(("billingMode", "spot"),)),
     Provider("runpod", "RunPod",
              "gpufsm.adapters.runpod:RunPodAdapter",
              "gpufsm.testing.emulators.runpod:RunPodDialect",
-             "RUNPOD_API_KEY", "runpod_api_key", "runpod_base_url", "https://rest.runpod.io"),
+             "RUNPOD_API_KEY", "runpod_api_key", "runpod_base_url", "https://rest.runpod.io",
+             spot_options=(("interruptible", True),)),
     Provider("vastai", "Vast.ai",
              "gpufsm.adapters.vastai:VastAdapter",
              "gpufsm.testing.emulators.vastai:VastDialect",
-             "VAST_API_KEY", "vast_api_key", "vast_base_url", "https://console.vast.ai"),
+             "VAST_API_KEY", "vast_api_key", "vast_base_url", "https://console.vast.ai",
+             spot_options=(("interruptible", True),)),
 )

@@ -36,6 +36,7 @@ from gpufsm import (
     ProviderError,
     ProviderNotFound,
     ProviderUnavailable,
+    QuotaExceeded,
     RateLimited,
     SqlInstanceStore,
     TemporaryProviderError,
@@ -263,6 +264,106 @@ def test_capacity_is_a_permanent_refusal(rig: Rig) -> None:
     with pytest.raises(InsufficientCapacity):
         rig.launch(instance_type=rig.pair.offers[-1].name)
     assert rig.cloud.live_instances() == []
+
+
+#: Each provider's own capacity and quota refusals of a launch, as its emulator answers
+#: them: (HTTP status, the code or words in the body). From the contracts in
+#: tests/fixtures/provider-api/: Lambda's and Novita's documented codes; Vast's
+#: ``no_such_ask`` (the ask was taken) and, with no quota code documented, an
+#: ``invalid_args`` naming the account's instance limit; RunPod documents no codes, so
+#: the words its API is seen to send (capacity) and its spend limit (quota).
+CAPACITY_ANSWER = {"lambda": (400, "instance-operations/launch/insufficient-capacity"),
+                   "novita": (400, "INSUFFICIENT_RESOURCE"),
+                   "runpod": (500, "no instances currently available"),
+                   "vastai": (410, "no_such_ask")}
+QUOTA_ANSWER = {"lambda": (400, "global/quota-exceeded"),
+                "novita": (400, "CREATE_INSTANCE_LIMIT"),
+                "runpod": (400, "spend limit"),
+                "vastai": (400, "instance limit")}
+
+
+def _on_sale(rig: Rig) -> set[tuple[str, str]]:
+    """(type, region) pairs the adapter's catalog says have capacity now."""
+    return {(o.name, r) for o in rig.adapter.instance_types() for r in o.regions}
+
+
+def _launch_answers(rig: Rig, before_launch: Callable[[], None]) -> list[tuple[int, str]]:
+    """Run ``before_launch`` when the first launch request reaches the emulator (after any
+    reads the adapter makes first: the offer is taken while the adapter decides), and
+    collect what the launch route answers, as (status, body text)."""
+    method, path = rig.pair.launch
+    dialect = rig.server.dialect
+    inner = dialect.handle
+    answers: list[tuple[int, str]] = []
+
+    def handle(request: EmulatorRequest) -> Any:
+        launching = request.method == method and path in request.path
+        if launching and not answers:
+            before_launch()
+        response = inner(request)
+        if launching:
+            answers.append((response.status, str(response.body)))
+        return response
+
+    dialect.handle = handle  # type: ignore[method-assign]
+    return answers
+
+
+@pytest.mark.parametrize("scope", ["type-region", "type", "provider"])
+def test_a_sold_out_offer_is_refused_with_insufficient_capacity_and_absent_from_the_catalog(
+        rig: Rig, scope: str) -> None:
+    """Issue 13: a placement walks offers cheapest first; the one that sells out between
+    the catalog and the launch must come back as InsufficientCapacity (the provider's own
+    capacity error, read by the adapter), so the next offer is tried, and the catalog
+    must stop offering it."""
+    offer = rig.pair.offers[0]
+    name, region = offer.name, offer.regions[0]
+    target = {"type-region": (name, region), "type": (name, None), "provider": (None, None)}
+    assert (name, region) in _on_sale(rig)
+    answers = _launch_answers(rig, lambda: rig.cloud.sell_out(*target[scope]))
+    with pytest.raises(InsufficientCapacity):
+        rig.launch()
+    status, words = CAPACITY_ANSWER[rig.pair.provider]
+    assert len(answers) == 1 and answers[0][0] == status and words in answers[0][1]
+    answers.append((0, "the sell-out is done"))
+    assert rig.cloud.live_instances() == []
+    on_sale = _on_sale(rig)
+    assert (name, region) not in on_sale
+    if scope == "provider":
+        assert on_sale == set()
+    with pytest.raises(InsufficientCapacity):
+        rig.launch()  # known sold out before the launch: refused all the same
+    assert rig.cloud.live_instances() == []
+    rig.cloud.restock()
+    assert (name, region) in _on_sale(rig)
+    assert rig.launch() and len(rig.cloud.live_instances()) == 1
+
+
+def test_a_quota_refusal_is_quota_exceeded_and_the_offer_stays_listed(rig: Rig) -> None:
+    offer = rig.pair.offers[0]
+    rig.cloud.refuse_quota(offer.name)
+    answers = _launch_answers(rig, lambda: None)
+    with pytest.raises(QuotaExceeded):
+        rig.launch()
+    status, words = QUOTA_ANSWER[rig.pair.provider]
+    assert len(answers) == 1 and answers[0][0] == status and words in answers[0][1]
+    assert rig.cloud.live_instances() == []
+    assert (offer.name, offer.regions[0]) in _on_sale(rig)  # a quota is the account's
+    rig.cloud.grant_quota()
+    assert rig.launch() and len(rig.cloud.live_instances()) == 1
+
+
+def test_the_first_launches_refused_then_one_lands(rig: Rig) -> None:
+    """What a placement test scripts: the first N launches fail (capacity, then quota),
+    and the next one creates exactly one machine."""
+    rig.cloud.fail_next("launch", "capacity")
+    rig.cloud.fail_next("launch", "quota")
+    with pytest.raises(InsufficientCapacity):
+        rig.launch()
+    with pytest.raises(QuotaExceeded):
+        rig.launch()
+    rig.launch()
+    assert len(rig.cloud.live_instances()) == 1
 
 
 def test_credit_refusal_is_permanent(rig: Rig) -> None:

@@ -482,15 +482,18 @@ def test_the_emulator_takes_what_vasts_own_sdk_sends(env: Env) -> None:
     env.check.errors.clear()
 
 
-def test_instance_types_are_the_cheapest_offer_per_gpu(env: Env) -> None:
-    offers = {(o.name, o.gpus): o for o in env.adapter.instance_types()}
-    assert set(offers) == {("RTX 4090", 1), ("RTX 4090", 2), ("RTX 3090", 1), ("H100 SXM", 1)}
-    one = offers[("RTX 4090", 1)]
-    assert one.price_per_hour == pytest.approx(0.35)
-    assert one.regions == ("Stockholm, SE", "Texas, US") and one.available
-    assert one.offer_id and one.provider == "vastai"
-    assert one.spot_price_per_hour is not None and one.spot_price_per_hour < 0.35
-    assert offers[("RTX 3090", 1)].regions == ("Quebec, CA",)
+def test_instance_types_are_the_cheapest_offer_per_gpu_and_region(env: Env) -> None:
+    offers = {(o.name, o.gpus, o.regions): o for o in env.adapter.instance_types()}
+    assert set(offers) == {
+        ("RTX 4090", 1, ("Stockholm, SE",)), ("RTX 4090", 1, ("Texas, US",)),
+        ("RTX 4090", 2, ("Texas, US",)), ("RTX 3090", 1, ("Quebec, CA",)),
+        ("H100 SXM", 1, ("Oregon, US",))}
+    texas, stockholm = (offers[("RTX 4090", 1, (r,))] for r in ("Texas, US", "Stockholm, SE"))
+    for one in (texas, stockholm):
+        assert one.price_per_hour == pytest.approx(0.35) and one.available
+        assert one.offer_id and one.provider == "vastai"
+        assert one.spot_price_per_hour is not None and one.spot_price_per_hour < 0.35
+    assert texas.offer_id != stockholm.offer_id  # each region's own ask
 
 
 def test_gpu_names_normalise() -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from gpufsm.adapters import InstanceTypeOffer
 from gpufsm.placement import GpuModel, Offer, UnknownGpu, offers_from
-from gpufsm.placement._offer import PER_GPU_MAX_COUNT
 
 
 def _model(offer: Offer) -> str:
@@ -64,12 +63,18 @@ def test_a_per_gpu_price_is_multiplied_for_each_count() -> None:
     """Novita: a product is one GPU; gpuNum 1..8 multiplies the price."""
     t = InstanceTypeOffer("novita", "H100 SXM 80GB", 2.56, ("us-ca-01",), 1, "H100 SXM 80GB",
                           offer_id="prod-1", spot_price_per_hour=1.28,
-                          extra={"price_is_per_gpu": True})
+                          extra={"price_is_per_gpu": True, "max_gpus": 8})
     on_demand = [o for o in offers_from(t) if not o.interruptible]
     assert [(o.count, o.price_per_hour) for o in on_demand] == [
-        (n, round(2.56 * n, 6)) for n in range(1, PER_GPU_MAX_COUNT + 1)]
+        (n, round(2.56 * n, 6)) for n in range(1, 9)]
     spot = [o for o in offers_from(t) if o.interruptible]
     assert [(o.count, o.price_per_hour) for o in spot][-1] == (8, 10.24)
+
+
+def test_a_per_gpu_price_without_a_stated_limit_is_one_gpu() -> None:
+    t = InstanceTypeOffer("novita", "H100 SXM 80GB", 2.56, ("us-ca-01",), 1,
+                          extra={"price_is_per_gpu": True})
+    assert [o.count for o in offers_from(t)] == [1]
 
 
 def test_runpod_max_count_bounds_the_counts() -> None:

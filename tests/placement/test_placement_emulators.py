@@ -3,7 +3,8 @@
 Built as tests/adapters/test_contract.py builds its pairs (a SimulatedCloud, the
 provider's dialect in an EmulatorServer, the real adapter pointed at it), with the
 emulator profiles of ``gpufsm emulator`` plus A100 types written in each provider's own
-words. Novita's profile sells its A100 out, so A100 offers come from the other three.
+words. Novita's profile sells an A100 PCIe 80GB in two clusters; its A100 SXM 80GB is
+sold out.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ A100_ROWS: dict[str, list[tuple[str, float, tuple[str, ...], int, str]]] = {
                ("gpu_8x_a100_80gb_sxm4", 14.32, ("us-east-1",), 8, "A100 (80 GB SXM4)")],
     "runpod": [("NVIDIA A100 80GB PCIe", 1.64, ("US-TX-3",), 1, "A100 PCIe (80 GB)")],
     "vastai": [("A100_SXM4", 1.05, ("Texas, US",), 1, "A100 SXM4 (80 GB)")],
-    "novita": [],  # its profile's "A100 SXM 80GB" is sold out
+    "novita": [],  # its profile's "A100 PCIe 80GB" sells; "A100 SXM 80GB" is sold out
 }
 
 
@@ -74,16 +75,17 @@ def test_a100_offers_come_from_the_providers_that_sell_them(
     listing = catalog.offers()
     assert listing.failures == {}
     ranked = rank(listing.offers, Requirements(gpus=["A100"]))
-    assert {o.provider for o in ranked} == {"lambda", "runpod", "vastai"}
+    assert {o.provider for o in ranked} == {"lambda", "novita", "runpod", "vastai"}
     assert all(isinstance(o.gpu, GpuModel) and o.gpu.family == "A100" for o in ranked)
     assert all(o.available and o.count == 1 and not o.interruptible for o in ranked)
     assert [(o.provider, o.price_per_hour) for o in ranked] == [
-        ("vastai", 1.05), ("lambda", 1.29), ("lambda", 1.29), ("runpod", 1.64)]
+        ("vastai", 1.05), ("lambda", 1.29), ("lambda", 1.29), ("novita", 1.4),
+        ("novita", 1.4), ("runpod", 1.64)]
     assert [o.region for o in ranked if o.provider == "lambda"] == ["us-east-1", "us-west-2"]
     assert {o.gpu.name for o in ranked if isinstance(o.gpu, GpuModel)} == {
         "A100-40GB", "A100-80GB"}
     novita_a100 = [o for o in listing.offers if o.provider == "novita"
-                   and isinstance(o.gpu, GpuModel) and o.gpu.family == "A100"]
+                   and o.instance_type == "A100 SXM 80GB"]
     assert novita_a100 and not any(o.available for o in novita_a100)
     reason = explain(novita_a100[0], Requirements(gpus=["A100"]))
     assert reason is not None and reason.startswith("sold out: novita")
@@ -94,6 +96,8 @@ def test_eight_gpus_compare_a_per_gpu_price_with_a_fixed_type(
     catalog, _ = emulated
     ranked = rank(catalog.offers().offers, Requirements(gpus=["A100-80GB"], count=8))
     assert [(o.provider, o.instance_type, o.price_per_hour) for o in ranked] == [
+        ("novita", "A100 PCIe 80GB", round(1.40 * 8, 6)),
+        ("novita", "A100 PCIe 80GB", round(1.40 * 8, 6)),
         ("runpod", "NVIDIA A100 80GB PCIe", round(1.64 * 8, 6)),
         ("lambda", "gpu_8x_a100_80gb_sxm4", 14.32)]
 
@@ -133,4 +137,4 @@ def test_a_provider_that_fails_leaves_the_others_answering(
     listing = catalog.offers()
     assert set(listing.failures) == {"runpod"}
     ranked = rank(listing.offers, Requirements(gpus=["A100"]))
-    assert {o.provider for o in ranked} == {"lambda", "vastai"}
+    assert {o.provider for o in ranked} == {"lambda", "novita", "vastai"}

@@ -297,6 +297,9 @@ def product_offer(product: ProductPayload) -> InstanceTypeOffer:
         extra={
             "available_deploy": product.availableDeploy,
             "price_is_per_gpu": True,
+            # gpuNum's range (create): how far placement may multiply the per-GPU price.
+            "min_gpus": GPU_RANGE[0],
+            "max_gpus": GPU_RANGE[1],
             "billing_methods": list(product.billingMethods),
             "min_rootfs_gb": product.minRootFS,
             "max_rootfs_gb": product.maxRootFS,

@@ -38,11 +38,13 @@ from gpufsm.machines import InstanceState
 __all__ = [
     "RUNPOD_ERRORS",
     "RUNPOD_STATUSES",
+    "SPOT_PRICES_QUERY",
     "Catalog",
     "CatalogGpu",
     "Pod",
     "PodList",
     "RunPodOptions",
+    "SpotPrices",
     "raw_status",
     "runpod_raw_status",
 ]
@@ -205,6 +207,31 @@ class CatalogGpu(_Model):
 
 class Catalog(_Model):
     gpus: list[CatalogGpu]
+
+
+#: The spot prices the v2 catalog lacks: GraphQL ``gpuTypes`` (graphql-spec.runpod.io),
+#: per GPU and per cloud, as REST v1 also shows them on a pod's ``machine.gpuType``.
+SPOT_PRICES_QUERY = "query SpotPrices { gpuTypes { id secureSpotPrice communitySpotPrice } }"
+
+
+class SpotGpu(_Model):
+    id: str
+    secure: float | None = Field(default=None, alias="secureSpotPrice")
+    community: float | None = Field(default=None, alias="communitySpotPrice")
+
+
+class _SpotData(_Model):
+    gpu_types: list[SpotGpu] | None = Field(default=None, alias="gpuTypes")
+
+
+class SpotPrices(_Model):
+    """The answer to :data:`SPOT_PRICES_QUERY`; ``errors`` set when GraphQL refused it."""
+
+    data: _SpotData | None = None
+    errors: list[Any] | None = None
+
+    def by_gpu(self) -> dict[str, SpotGpu]:
+        return {g.id: g for g in (self.data.gpu_types or []) if g.id} if self.data else {}
 
 
 # ---- the composite status ----------------------------------------------------------------

@@ -143,6 +143,9 @@ VAST_ERRORS: Mapping[str, type[ProviderError]] = MappingProxyType({
     "rate_limit_exceeded": RateLimited,  # 429 JSON form
     "insufficient_credit": InsufficientCredit,  # third-party clients; not in the spec
     "insufficient_balance": InsufficientCredit,  # the spec's name on credit transfers
+    # Not a Vast code: Vast documents no quota error. The key under which the phrase of
+    # an account-limit refusal (below) is recorded.
+    "instance_limit": QuotaExceeded,
 })
 
 #: Phrases Vast puts in ``msg``/``detail``/plain-text bodies without any code.
@@ -151,6 +154,9 @@ VAST_ERROR_PHRASES: Mapping[str, str] = MappingProxyType({
     "insufficient credit": "insufficient_credit",
     "too frequent": "rate_limit_exceeded",  # "API requests too frequent ..."
     "invalid user key": "auth_error",  # 401, and the search endpoint's odd 404
+    # An account limit on instances, in an ``invalid_args`` 400 ("... account instance
+    # limit reached"): a quota, which another provider may not share, not a bad request.
+    "instance limit": "instance_limit",
 })
 
 #: When one body names several codes (404 ``error: invalid_args`` with ``msg: "...

@@ -4,7 +4,9 @@ The lifecycle (create, list, get, stop, start, restart, delete) uses REST v1, th
 RunPod documents for pods. v1 has no GPU catalog, so ``instance_types`` reads the v2
 catalog (``GET /v2/catalog/gpus`` on ``https://api.runpod.io``, same bearer key); when
 ``base_url`` is not the production v1 host (an emulator, a proxy) the v2 path is asked of
-that same host instead.
+that same host instead. The v2 catalog carries no spot price, so one GraphQL query
+(``gpuTypes { secureSpotPrice communitySpotPrice }``, ``POST /graphql`` on the v2 host)
+adds it; if that query fails the offers come without spot prices, never without offers.
 
 **Status.** v1's ``desiredStatus`` (RUNNING | EXITED | TERMINATED) is what RunPod *intends*,
 not what it observed: a freshly rented pod says RUNNING while its image is still being
@@ -92,11 +94,14 @@ from gpufsm.adapters._protocol import (
 from gpufsm.adapters._runpod_models import (
     RUNPOD_ERRORS,
     RUNPOD_STATUSES,
+    SPOT_PRICES_QUERY,
     Catalog,
     CatalogGpu,
     Pod,
     PodList,
     RunPodOptions,
+    SpotGpu,
+    SpotPrices,
     raw_status,
     runpod_raw_status,
 )
@@ -141,6 +146,8 @@ RUNPOD_ENDPOINTS: Mapping[str, Endpoint] = {
     "restart": Endpoint("POST", f"{_V1}/pods/{{id}}/restart", idempotent=True),
     "terminate": Endpoint("DELETE", f"{_V1}/pods/{{id}}", idempotent=True),
     "instance_types": Endpoint("GET", "{v2}/v2/catalog/gpus", idempotent=True),
+    # A read-only GraphQL query (it changes nothing, so a retry may repeat it).
+    "spot_prices": Endpoint("POST", "{v2}/graphql", idempotent=True),
 }
 
 #: ``message:`` keys are fragments of the provider's text (RunPod documents no codes),
@@ -319,7 +326,24 @@ class RunPodAdapter(HttpAdapter):
         response = self._call("instance_types", v2=self._v2_root,
                               params={"include": "AVAILABILITY", "product": "POD"})
         catalog = self._parse(response, Catalog, "instance_types")
-        return [offer for gpu in catalog.gpus if (offer := self._offer(gpu)) is not None]
+        spot = self._spot_prices()
+        return [offer for gpu in catalog.gpus
+                if (offer := self._offer(gpu, spot.get(gpu.id))) is not None]
+
+    def _spot_prices(self) -> dict[str, SpotGpu]:
+        """Spot (interruptible) prices per GPU type, which the v2 catalog does not carry,
+        from one GraphQL query on the v2 host; {} when it fails (logged): the catalog
+        still answers, with on-demand prices only. Tried once, as a listing's extra."""
+        try:
+            response = self._call("spot_prices", v2=self._v2_root, attempts=1,
+                                  json={"query": SPOT_PRICES_QUERY})
+            answer = self._parse(response, SpotPrices, "spot_prices")
+        except ProviderError as exc:
+            log.info("runpod: spot prices unreadable (%s): offers without spot", exc)
+            return {}
+        if answer.errors:
+            log.info("runpod: spot prices refused: %s", str(answer.errors[0])[:200])
+        return answer.by_gpu()
 
     # ---- helpers -------------------------------------------------------------------------
 
@@ -345,12 +369,15 @@ class RunPodAdapter(HttpAdapter):
         )
 
     @staticmethod
-    def _offer(gpu: CatalogGpu) -> InstanceTypeOffer | None:
-        """One offer per GPU type at one GPU; secure-cloud price unless only community."""
+    def _offer(gpu: CatalogGpu, spot: SpotGpu | None) -> InstanceTypeOffer | None:
+        """One offer per GPU type at one GPU; secure-cloud prices (on demand and spot)
+        unless only community."""
         if gpu.secure is not False and gpu.price.secure is not None:
             price = gpu.price.secure
+            spot_price = spot.secure if spot else None
         elif gpu.price.community is not None:
             price = gpu.price.community
+            spot_price = spot.community if spot else None
         else:
             return None
         regions = tuple(dc.id for dc in gpu.data_centers
@@ -365,8 +392,10 @@ class RunPodAdapter(HttpAdapter):
             gpus=1,
             gpu_description=f"{label}{memory}",
             description=f"{label}, price per GPU; gpu_count multiplies it",
+            spot_price_per_hour=spot_price or None,
             extra={
                 "community_price_per_hour": gpu.price.community,
+                "community_spot_price_per_hour": spot.community if spot else None,
                 "max_count": dict(gpu.max_count or {}),
                 "availability": gpu.availability,
             },

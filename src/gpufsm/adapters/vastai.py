@@ -309,32 +309,23 @@ class VastAdapter(HttpAdapter):
         return Page([_parse_instance(raw) for raw in page.instances], token=page.next_token)
 
     def instance_types(self) -> Sequence[InstanceTypeOffer]:
-        """The cheapest rentable offer per (GPU name, GPU count), with where it is."""
+        """One offer per (GPU name, GPU count, region): that region's cheapest ask, its
+        price and id, and the lowest bid there.
+
+        Vast's asks are single machines in single places, so a price (and an ask id) is
+        only true of the region it was seen in: grouping regions under one cheapest ask
+        would show every region at another region's price.
+        """
         body = {"rentable": {"eq": True}, "rented": {"eq": False}, "limit": 1000,
                 "type": "on-demand", "order": [["dph_total", "asc"]]}
-        groups: dict[tuple[str, int], list[VastOffer]] = {}
+        groups: dict[tuple[str, int, str], list[VastOffer]] = {}
         for offer in self._search(body):
             if offer.gpu_name is None or offer.dph_total is None:
                 continue
-            groups.setdefault((offer.gpu_name, offer.num_gpus or 1), []).append(offer)
-        result: list[InstanceTypeOffer] = []
-        for (gpu, count), offers in sorted(groups.items()):
-            best = min(offers, key=lambda o: o.dph_total or 0.0)
-            bids = [o.min_bid for o in offers if o.min_bid is not None]
-            regions = sorted({o.geolocation or "unknown" for o in offers})
-            result.append(InstanceTypeOffer(
-                provider=PROVIDER,
-                name=gpu,
-                price_per_hour=float(best.dph_total or 0.0),
-                regions=tuple(regions),
-                gpus=count,
-                gpu_description=f"{count}x {gpu}" + (
-                    f" ({best.gpu_ram // 1024} GB)" if best.gpu_ram else ""),
-                offer_id=str(best.id),
-                spot_price_per_hour=min(bids) if bids else None,
-                extra={"offers": len(offers), "machine_id": best.machine_id},
-            ))
-        return result
+            key = (offer.gpu_name, offer.num_gpus or 1, offer.geolocation or "unknown")
+            groups.setdefault(key, []).append(offer)
+        return [_region_offer(gpu, count, region, offers)
+                for (gpu, count, region), offers in sorted(groups.items())]
 
     # ---- commands --------------------------------------------------------------------
 
@@ -357,6 +348,25 @@ class VastAdapter(HttpAdapter):
 
 
 # ---- helpers -------------------------------------------------------------------------
+
+
+def _region_offer(gpu: str, count: int, region: str,
+                  offers: list[VastOffer]) -> InstanceTypeOffer:
+    """The catalog row for one (GPU, count, region): its cheapest ask."""
+    best = min(offers, key=lambda o: (o.dph_total or 0.0, o.id))
+    bids = [o.min_bid for o in offers if o.min_bid is not None]
+    return InstanceTypeOffer(
+        provider=PROVIDER,
+        name=gpu,
+        price_per_hour=float(best.dph_total or 0.0),
+        regions=(region,),
+        gpus=count,
+        gpu_description=f"{count}x {gpu}" + (
+            f" ({best.gpu_ram // 1024} GB)" if best.gpu_ram else ""),
+        offer_id=str(best.id),
+        spot_price_per_hour=min(bids) if bids else None,
+        extra={"offers": len(offers), "machine_id": best.machine_id},
+    )
 
 
 def _instance_id(provider_instance_id: str) -> int:

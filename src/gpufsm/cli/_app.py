@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from gpufsm.cli._offers import offers
 from gpufsm.config import Settings
 from gpufsm.errors import GpufsmError
 from gpufsm.machines import TRANSITIONS, to_dot, to_mermaid
@@ -262,19 +263,27 @@ MaxPriceOpt = Annotated[float | None, typer.Option(
     "--max-price", help="Highest $/h to accept (where the provider supports it).")]
 SpecFileOpt = Annotated[Path | None, typer.Option(
     "--spec", help="Spec file (.json, .yaml); the flags override its fields.")]
+GpuOpt = Annotated[str | None, typer.Option(
+    "--gpu", help="Ask for a GPU instead of a provider and type: MODEL[,MODEL…][:COUNT], "
+    "e.g. A100:1. The cheapest matching offer of every configured provider is tried, "
+    "then the next; --provider and --region narrow where, --max-price caps $/h.")]
+SpotOpt = Annotated[bool, typer.Option(
+    "--interruptible", help="With --gpu: spot/bid machines are acceptable too.")]
 
 
 def _spec_flags(provider: str | None, instance_type: str | None, region: str | None,
                 image: str | None, name: str | None, ssh_key: list[str] | None,
                 disk: int | None, gpus: int | None, env: list[str] | None,
                 port: list[int] | None, option: list[str] | None, max_price: float | None,
-                spec: Path | None) -> SpecFlags:
+                spec: Path | None, *, gpu: str | None = None, interruptible: bool = False
+                ) -> SpecFlags:
     from gpufsm.cli._common import SpecFlags
 
     return SpecFlags(provider=provider, instance_type=instance_type, region=region,
                      image=image, name=name, ssh_keys=tuple(ssh_key or ()), disk_gb=disk,
                      gpus=gpus, env=tuple(env or ()), ports=tuple(port or ()),
-                     options=tuple(option or ()), max_price=max_price, spec_file=spec)
+                     options=tuple(option or ()), max_price=max_price, spec_file=spec,
+                     gpu=gpu, interruptible=interruptible)
 
 
 @app.command()
@@ -283,14 +292,21 @@ def launch(
     image: ImageOpt = None, name: NameOpt = None, ssh_key: SshKeyOpt = None,
     disk: DiskOpt = None, gpus: GpusOpt = None, env: EnvOpt = None, port: PortOpt = None,
     option: OptionOpt = None, max_price: MaxPriceOpt = None, spec: SpecFileOpt = None,
+    gpu: GpuOpt = None, interruptible: SpotOpt = False,
     wait: WaitOpt = False, timeout: TimeoutOpt = 1800.0, poll_interval: PollOpt = 5.0,
     database_url: DatabaseOpt = None,
 ) -> None:
-    """Launch one instance and print its id (progress goes to stderr)."""
+    """Launch one instance and print its id (progress goes to stderr).
+
+    Name the machine (--provider and --type), or ask for a GPU (--gpu A100:1): then the
+    cheapest matching offer is tried, and on a capacity or quota refusal the next; exit
+    1 lists every attempt and why it failed.
+    """
     from gpufsm.cli._lifecycle import launch_instance
 
     flags = _spec_flags(provider, instance_type, region, image, name, ssh_key, disk, gpus,
-                        env, port, option, max_price, spec)
+                        env, port, option, max_price, spec, gpu=gpu,
+                        interruptible=interruptible)
     raise typer.Exit(launch_instance(flags, database_url=database_url, wait=wait,
                                      timeout=timeout, poll_interval=poll_interval))
 
@@ -383,6 +399,9 @@ def types(
     raise typer.Exit(list_types(provider=provider, available=available, as_json=as_json))
 
 
+app.command()(offers)
+
+
 @app.command()
 def run(
     command: Annotated[list[str] | None, typer.Option(
@@ -411,6 +430,7 @@ def run(
     image: ImageOpt = None, name: NameOpt = None, ssh_key: SshKeyOpt = None,
     disk: DiskOpt = None, gpus: GpusOpt = None, env: EnvOpt = None, port: PortOpt = None,
     option: OptionOpt = None, max_price: MaxPriceOpt = None, spec: SpecFileOpt = None,
+    gpu: GpuOpt = None, interruptible: SpotOpt = False,
     timeout: TimeoutOpt = 1800.0, poll_interval: PollOpt = 5.0,
     database_url: DatabaseOpt = None,
 ) -> None:
@@ -424,7 +444,8 @@ def run(
     from gpufsm.cli._run import RunOptions, parse_download, run_job
 
     flags = _spec_flags(provider, instance_type, region, image, name, ssh_key, disk, gpus,
-                        env, port, option, max_price, spec)
+                        env, port, option, max_price, spec, gpu=gpu,
+                        interruptible=interruptible)
     try:
         downloads = tuple(parse_download(d) for d in download or ())
     except GpufsmError as exc:

@@ -29,7 +29,7 @@ from rich.status import Status
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
-from gpufsm.adapters import ProviderAdapter
+from gpufsm.adapters import Closable, ProviderAdapter
 from gpufsm.cli._providers import PROVIDER_SETTINGS, build_adapters
 from gpufsm.config import Settings, check_database_url
 from gpufsm.errors import (
@@ -62,6 +62,8 @@ __all__ = [
     "error_line",
     "exit_code_for",
     "handled",
+    "lay_flags",
+    "load_spec_file",
     "open_fleet",
     "open_store",
     "parse_pairs",
@@ -166,9 +168,8 @@ def open_store(database_url: str | None, *, existing: bool = False
 
 def close_adapters(adapters: Iterable[ProviderAdapter]) -> None:
     for adapter in adapters:
-        close = getattr(adapter, "close", None)
-        if close is not None:
-            close()
+        if isinstance(adapter, Closable):
+            adapter.close()
 
 
 @contextmanager
@@ -308,6 +309,10 @@ class SpecFlags:
     options: Sequence[str] = ()
     max_price: float | None = None
     spec_file: Path | None = None
+    #: ``--gpu A100:1``: ask placement for a GPU instead of naming the machine; then
+    #: ``--provider`` and ``--region`` narrow where it may look.
+    gpu: str | None = None
+    interruptible: bool = False
 
 
 def parse_pairs(flag: str, items: Iterable[str], *, json_values: bool = False
@@ -330,7 +335,7 @@ def parse_pairs(flag: str, items: Iterable[str], *, json_values: bool = False
     return out
 
 
-def _load_spec_file(path: Path) -> dict[str, Any]:
+def load_spec_file(path: Path) -> dict[str, Any]:
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
@@ -367,11 +372,23 @@ def build_spec(flags: SpecFlags) -> InstanceSpec:
     region or a name. Repeatable flags (``--ssh-key``, ``--port``) replace the file's
     list; ``--env`` and ``--option`` are merged into its mappings key by key.
     """
-    data = _load_spec_file(flags.spec_file) if flags.spec_file else {}
-    simple = {"provider": flags.provider, "instance_type": flags.instance_type,
-              "region": flags.region, "image": flags.image, "name": flags.name,
-              "disk_gb": flags.disk_gb, "gpu_count": flags.gpus,
-              "max_price_per_hour": flags.max_price}
+    data = load_spec_file(flags.spec_file) if flags.spec_file else {}
+    machine = {"provider": flags.provider, "instance_type": flags.instance_type,
+               "region": flags.region, "gpu_count": flags.gpus,
+               "max_price_per_hour": flags.max_price}
+    data.update({k: v for k, v in machine.items() if v is not None})
+    lay_flags(data, flags)
+    for key, flag in (("provider", "--provider"), ("instance_type", "--type")):
+        if not data.get(key):
+            raise ValidationError(flag, "required (as a flag or in the --spec file)")
+    if isinstance(data["provider"], str):
+        check_provider(data["provider"], field="--provider" if flags.provider else "provider")
+    return parse_spec(data)
+
+
+def lay_flags(data: dict[str, Any], flags: SpecFlags) -> None:
+    """The flags of what runs on the machine, over the spec file's ``data`` (in place)."""
+    simple = {"image": flags.image, "name": flags.name, "disk_gb": flags.disk_gb}
     data.update({k: v for k, v in simple.items() if v is not None})
     if flags.ssh_keys:
         data["ssh_key_names"] = list(flags.ssh_keys)
@@ -382,12 +399,6 @@ def build_spec(flags: SpecFlags) -> InstanceSpec:
     if flags.options:
         data["options"] = {**(data.get("options") or {}),
                            **parse_pairs("--option", flags.options, json_values=True)}
-    for key, flag in (("provider", "--provider"), ("instance_type", "--type")):
-        if not data.get(key):
-            raise ValidationError(flag, "required (as a flag or in the --spec file)")
-    if isinstance(data["provider"], str):
-        check_provider(data["provider"], field="--provider" if flags.provider else "provider")
-    return parse_spec(data)
 
 
 # ---- waiting, shown ------------------------------------------------------------------------

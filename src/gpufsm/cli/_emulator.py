@@ -39,6 +39,7 @@ from gpufsm.testing.emulators import (
     EmulatorRequest,
     EmulatorResponse,
     EmulatorServer,
+    dialect_class,
     enable_admin,
     make_dialect,
 )
@@ -71,42 +72,20 @@ class DialectProfile:
     id_prefix: str | None = None
 
 
-def _profile(provider: str, *rows: tuple[str, float, tuple[str, ...], int, str],
-             id_prefix: str | None = None) -> DialectProfile:
-    """The simulated cloud for ``provider``: ``rows`` as its offers, and the capabilities
-    its adapter declares (one source: Lambda cannot stop, in both)."""
+def _profile(provider: str) -> DialectProfile:
+    """The simulated cloud for ``provider``: the offers its dialect module sells (its
+    ``catalog``), and the capabilities its adapter declares (one source: Lambda cannot
+    stop, in both)."""
     capabilities: Capabilities = adapter_class(provider).profile.capabilities
-    offers = tuple(InstanceTypeOffer(provider, name, price, regions, gpus, gpu)
-                   for name, price, regions, gpus, gpu in rows)
-    return DialectProfile(capabilities, offers, id_prefix)
+    dialect = dialect_class(provider)
+    return DialectProfile(capabilities, tuple(getattr(dialect, "catalog", ())),
+                          getattr(dialect, "id_prefix", None))
 
 
 #: One profile per dialect, keyed as ``gpufsm.providers.PROVIDERS`` (a test holds the keys
-#: equal); the last offer of each is sold out everywhere.
-PROFILES: dict[str, DialectProfile] = {
-    "lambda": _profile(
-        "lambda",
-        ("gpu_1x_a10", 0.75, ("us-east-1", "us-west-1"), 1, "A10 (24 GB PCIe)"),
-        ("gpu_1x_h100_pcie", 2.49, ("us-west-3",), 1, "H100 (80 GB PCIe)"),
-        ("gpu_8x_h100_sxm5", 23.92, (), 8, "H100 (80 GB SXM5)")),
-    "novita": _profile(
-        "novita",
-        ("RTX 4090 24GB", 0.35, ("us-ca-01", "eu-de-01"), 1, "RTX 4090"),
-        ("H100 SXM 80GB", 2.56, ("us-ca-01",), 1, "H100"),
-        ("A100 SXM 80GB", 1.60, (), 1, "A100")),
-    "runpod": _profile(
-        "runpod",
-        ("NVIDIA A40", 0.44, ("EU-RO-1", "US-TX-3"), 1, "A40 (48 GB)"),
-        ("NVIDIA H100 80GB HBM3", 2.69, ("US-TX-3",), 1, "H100 SXM (80 GB)"),
-        ("NVIDIA B200", 5.99, (), 1, "B200 (180 GB)"),
-        id_prefix="rp"),
-    "vastai": _profile(
-        "vastai",
-        ("RTX_4090", 0.35, ("Texas, US", "Stockholm, SE"), 1, "RTX 4090 (24 GB)"),
-        ("RTX_3090", 0.18, ("Quebec, CA",), 1, "RTX 3090 (24 GB)"),
-        ("H100_SXM", 2.10, ("Oregon, US",), 1, "H100 SXM (80 GB)"),
-        ("A100_PCIE", 1.10, (), 1, "A100 PCIE (40 GB)")),
-}
+#: equal), derived from each dialect module's ``catalog``: adding a provider adds no line
+#: here. The last offer of each is sold out everywhere.
+PROFILES: dict[str, DialectProfile] = {name: _profile(name) for name in DIALECTS}
 
 
 def is_loopback(host: str) -> bool:

@@ -38,6 +38,7 @@ from gpufsm.cli._common import (
     stdout,
     why_unseen,
 )
+from gpufsm.cli._placementview import find_placement, show_placement
 from gpufsm.cli._providers import build_adapters
 from gpufsm.config import Settings
 from gpufsm.errors import GpufsmError
@@ -197,6 +198,9 @@ def _print_remote(rows: Sequence[RemoteRow], *, as_json: bool) -> None:
 def show_history(given: str, *, database_url: str | None, as_json: bool) -> int:
     """One instance's transitions; the id is taken as every command takes it."""
     with open_store(database_url, existing=True) as store:
+        placement = find_placement(store, given)
+        if placement is not None:  # a request for a GPU: its attempts, grouped
+            return show_placement(store, placement, as_json=as_json)
         record = resolve_instance(store, given)
         rows = store.history(record.id)
     if as_json:
@@ -207,6 +211,9 @@ def show_history(given: str, *, database_url: str | None, as_json: bool) -> int:
             "raw_status": h.raw_status} for h in rows], indent=2) + "\n")
         return EXIT_OK
     stdout.print(_history_table(record.id, rows))
+    if record.placement_id is not None:
+        stdout.print(f"an attempt of placement {record.placement_id}: `gpufsm history "
+                     f"{record.placement_id[:8]}` shows every attempt", highlight=False)
     return EXIT_OK
 
 

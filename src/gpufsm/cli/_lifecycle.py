@@ -16,7 +16,7 @@ from contextlib import nullcontext
 from rich.console import Console
 from rich.markup import escape
 
-from gpufsm.adapters import adapter_class
+from gpufsm.adapters import Renamable, adapter_class
 from gpufsm.cli._common import (
     EXIT_FAILURE,
     EXIT_OK,
@@ -27,7 +27,6 @@ from gpufsm.cli._common import (
     at_stake,
     billing_note,
     blind_line,
-    build_spec,
     cli_actor,
     close_adapters,
     error_line,
@@ -39,10 +38,12 @@ from gpufsm.cli._common import (
     stdout,
     why_unseen,
 )
+from gpufsm.cli._placing import what_to_launch
 from gpufsm.clock import Clock, SystemClock
 from gpufsm.config import Settings
 from gpufsm.errors import (
     GpufsmError,
+    PlacementFailed,
     ProviderError,
     StoreError,
     TemporaryProviderError,
@@ -108,11 +109,11 @@ def launch_instance(flags: SpecFlags, *, database_url: str | None, wait: bool,
     while the launch request is in flight (the row id comes from the engine's launch
     announcement, made once the row is committed and before the provider is called).
     """
-    spec = build_spec(flags)
-    with open_store(database_url) as store, open_fleet(store, [spec.provider]) as fleet:
+    what, template, providers = what_to_launch(flags)
+    with open_store(database_url) as store, open_fleet(store, providers) as fleet:
         heard = _Heard(fleet)
         try:
-            record = fleet.launch(spec, reason="gpufsm launch")
+            record = fleet.launch(what, template=template, reason="gpufsm launch")
         except KeyboardInterrupt:
             written = heard.first(Event.LAUNCH)
             if written is None:
@@ -131,11 +132,16 @@ def launch_instance(flags: SpecFlags, *, database_url: str | None, wait: bool,
                 stderr.print(("nothing was sent; " if never_sent and not left.billable
                               else "") + billing_note(left), highlight=False)
             return EXIT_FAILURE
+        except PlacementFailed as exc:
+            error_line(exc)  # one line per attempt: which offer, and why not
+            stderr.print("nothing of this placement bills: an attempt whose outcome was "
+                         "unknown is watched, and terminated if its machine turns up "
+                         "(gpufsm reconcile)", highlight=False)
+            return EXIT_FAILURE
         except StoreError as exc:
             if heard.first(Event.LAUNCH) is not None:
                 raise
-            error_line(f"could not record the new instance, so nothing was sent to "
-                       f"{spec.provider}: {exc}")
+            error_line(f"could not record the new instance, so nothing was sent: {exc}")
             return EXIT_FAILURE
         finally:
             heard.close()
@@ -237,7 +243,7 @@ def _can_rename(provider: str) -> bool:
     """Whether the provider's adapter can rename an instance (Lambda can; Vast.ai,
     Novita and RunPod have no rename call)."""
     try:
-        return hasattr(adapter_class(provider), "rename")
+        return issubclass(adapter_class(provider), Renamable)
     except ValueError:  # a provider this gpufsm does not know: nothing to call
         return False
 
@@ -273,8 +279,9 @@ def rename_instance(given: str, name: str, *, database_url: str | None) -> int:
                 error_line(f"{record.id[:8]} has no provider id yet ({record.state.value}); "
                            "try again once it is CREATED")
                 return EXIT_FAILURE
-            rename = getattr(fleet.adapters[record.provider], "rename")  # noqa: B009
-            rename(record.provider_instance_id, f"{record.tag}/{name}")
+            adapter = fleet.adapters[record.provider]
+            assert isinstance(adapter, Renamable)  # _can_rename said so
+            adapter.rename(record.provider_instance_id, f"{record.tag}/{name}")
             if _rename_row(store, record, name, fleet.clock) is None:
                 error_line(f"renamed on {record.provider}, but the row kept changing "
                            "and still has the old name: run rename again")

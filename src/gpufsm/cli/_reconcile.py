@@ -19,7 +19,8 @@ from contextlib import contextmanager
 from rich.console import Console
 from rich.table import Table
 
-from gpufsm.cli._common import at_stake
+from gpufsm.adapters import HasSeam
+from gpufsm.cli._common import at_stake, close_adapters
 from gpufsm.cli._providers import build_adapters
 from gpufsm.config import Settings
 from gpufsm.errors import ValidationError
@@ -124,10 +125,7 @@ def run_reconcile(*, once: bool, interval: float | None, providers: list[str] | 
     finally:
         if dispatcher is not None:
             dispatcher.close()
-        for adapter in adapters:
-            close = getattr(adapter, "close", None)
-            if close is not None:
-                close()
+        close_adapters(adapters)
         store.close()
 
 
@@ -136,9 +134,8 @@ def _metrics(fleet: Fleet, port: int) -> Metrics:
     metrics = Metrics()
     fleet.subscribe(metrics.on_transition)
     for adapter in fleet.adapters.values():
-        seam = getattr(adapter, "seam", None)
-        if seam is not None:
-            seam.observers.append(metrics.on_call)
+        if isinstance(adapter, HasSeam):
+            adapter.seam.observers.append(metrics.on_call)
     metrics.serve(port)
     log.info("metrics on http://127.0.0.1:%d/metrics", port)
     return metrics

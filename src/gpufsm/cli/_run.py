@@ -37,7 +37,6 @@ from gpufsm.cli._common import (
     EXIT_OK,
     SpecFlags,
     WaitProgress,
-    build_spec,
     cli_actor,
     close_adapters,
     error_line,
@@ -46,6 +45,7 @@ from gpufsm.cli._common import (
     open_store,
     stderr,
 )
+from gpufsm.cli._placing import what_to_launch
 from gpufsm.cli._providers import build_adapters
 from gpufsm.config import Settings
 from gpufsm.errors import GpufsmError, ProviderError, ValidationError
@@ -334,6 +334,26 @@ def _ssh_port(fleet: Fleet, record: InstanceRecord) -> int:
     return seen.ssh_port if seen is not None and seen.ssh_port else 22
 
 
+def _end(fleet: Fleet, row_id: str, record: InstanceRecord | None) -> InstanceRecord | None:
+    """The run's machine terminated; for a placement (``--gpu``), every attempt's, so
+    a machine that turns up for an interrupted placement is never kept. The row after
+    of the machine the job ran on (or of the first attempt), None if that failed."""
+    placement = fleet.get(row_id).placement_id
+    if placement is None:
+        return _terminate(fleet, row_id)
+    try:
+        ended = {r.id: r for r in fleet.cancel_placement(placement,
+                                                         reason="gpufsm run ended")}
+    except GpufsmError as exc:
+        error_line(f"ending placement {placement} failed: {exc}")
+        return None
+    for row in ended.values():
+        if row.billable:
+            stderr.print(f"instance {row.id[:8]} {row.state.value}: the reconciler "
+                         "finishes its terminate", highlight=False)
+    return ended.get(record.id if record is not None else row_id)
+
+
 def _terminate(fleet: Fleet, row_id: str) -> InstanceRecord | None:
     try:
         after = fleet.terminate(row_id, reason="gpufsm run ended")
@@ -352,9 +372,9 @@ def _terminate(fleet: Fleet, row_id: str) -> InstanceRecord | None:
 def run_job(flags: SpecFlags, options: RunOptions, *, database_url: str | None) -> int:
     """The whole job; the exit status: 0, 1 (a step or the command failed), 2 (usage),
     128 + signal number when interrupted. The instance is terminated in every case."""
-    spec = build_spec(flags)
+    what, template, providers = what_to_launch(flags)
     _check_local(options)
-    adapters = build_adapters(Settings(), [spec.provider])
+    adapters = build_adapters(Settings(), providers)
     started = time.monotonic()
     row_id: str | None = None
     record: InstanceRecord | None = None
@@ -374,13 +394,13 @@ def run_job(flags: SpecFlags, options: RunOptions, *, database_url: str | None) 
             try:
                 with interrupts.shielded():
                     try:
-                        record = fleet.launch(spec, reason="gpufsm run")
+                        record = fleet.launch(what, template=template, reason="gpufsm run")
                     finally:
                         row_id = launched[0] if launched else None
                         unsubscribe()
                 stderr.print(f"launched {record.id} on {record.provider} "
-                             f"({spec.instance_type})", highlight=False)
-                code = _job(fleet, record, spec.provider, options)
+                             f"({record.instance_type})", highlight=False)
+                code = _job(fleet, record, record.provider, options)
             except KeyboardInterrupt:
                 name = signal.Signals(interrupts.signum or signal.SIGINT).name
                 error_line(f"interrupted ({name}): terminating the instance" if row_id
@@ -395,7 +415,7 @@ def run_job(flags: SpecFlags, options: RunOptions, *, database_url: str | None) 
             finally:
                 if row_id is not None:
                     with interrupts.shielded(deliver=False):
-                        record = _terminate(fleet, row_id) or record
+                        record = _end(fleet, row_id, record) or record
     finally:
         close_adapters(adapters)
     _summary(record, code, time.monotonic() - started)

@@ -9,13 +9,22 @@ reconciler or the CLI (import-linter holds it).
 
 from gpufsm.engine._adoption import adopt
 from gpufsm.engine._batch import Outcome, observe_batch
-from gpufsm.engine._commands import command, confirm, refresh, send_terminate, terminate
+from gpufsm.engine._commands import (
+    clock_event,
+    command,
+    confirm,
+    refresh,
+    send_terminate,
+    terminate,
+)
 from gpufsm.engine._context import DEFAULT_VISIBILITY_WINDOW, Engine
 from gpufsm.engine._decide import Row, decide, inside_window, row_after, since_accepted
 from gpufsm.engine._decision import Decision, Drift, Health, Need, Step
 from gpufsm.engine._health import gate_health
 from gpufsm.engine._launch import launch
 from gpufsm.engine._observe import apply_one, observe_one
+from gpufsm.engine._placement import PlacementPolicy, cancel, place
+from gpufsm.engine._surplus import sweep_surplus
 from gpufsm.engine._terminate_batch import Ended, terminate_batch
 from gpufsm.engine._waiting import ProgressCallback, wait_for
 
@@ -28,11 +37,14 @@ __all__ = [
     "Health",
     "Need",
     "Outcome",
+    "PlacementPolicy",
     "ProgressCallback",
     "Row",
     "Step",
     "adopt",
     "apply_one",
+    "cancel",
+    "clock_event",
     "command",
     "confirm",
     "decide",
@@ -41,10 +53,12 @@ __all__ = [
     "launch",
     "observe_batch",
     "observe_one",
+    "place",
     "refresh",
     "row_after",
     "send_terminate",
     "since_accepted",
+    "sweep_surplus",
     "terminate",
     "terminate_batch",
     "wait_for",

@@ -19,7 +19,7 @@ from typing import Any
 from gpufsm.adapters import Observation
 from gpufsm.engine._context import Engine
 from gpufsm.engine._decide import Row, facts_after, row_after
-from gpufsm.engine._decision import Decision, Health, Need
+from gpufsm.engine._decision import NOTHING, Decision, Health, Need
 from gpufsm.engine._health import gate_health
 from gpufsm.engine._locks import Held
 from gpufsm.engine._observe import decide_for, log_notes
@@ -79,7 +79,7 @@ def _planned(engine: Engine, items: Sequence[tuple[Any, Observation]], now: date
     plans: list[_Plan] = []
     slim: list[_Plan] = []
     for i, (row, observation) in enumerate(items):
-        plan = _decided(engine, _Plan(i, row, observation, Decision()), now)
+        plan = _decided(engine, _Plan(i, row, observation, NOTHING), now)
         if plan is None:
             continue
         needs_record = (plan.decision.needs is not None

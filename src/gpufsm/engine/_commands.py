@@ -8,7 +8,8 @@ transaction; what the provider says afterwards comes back as an observation.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from gpufsm.adapters import Observation, ObservationKind, ProviderAdapter, ProviderInstance
 from gpufsm.engine._context import Engine
@@ -17,7 +18,7 @@ from gpufsm.errors import PermanentProviderError, ProviderError, TransitionNotAl
 from gpufsm.machines import Event, InstanceState, check
 from gpufsm.store import InstanceRecord
 
-__all__ = ["call_terminate", "command", "confirm", "find_tagged", "look", "refresh",
+__all__ = ["call_terminate", "clock_event", "command", "confirm", "find_tagged", "look", "refresh",
            "send_terminate", "terminate"]
 
 log = logging.getLogger("gpufsm.fleet")
@@ -170,3 +171,12 @@ def find_tagged(engine: Engine, adapter: ProviderAdapter, tag: str, *, quiet: bo
         if inst.tag == tag:
             return inst
     return None
+
+
+def clock_event(engine: Engine, instance_id: str, event: Event, reason: str, *,
+                changes: Mapping[str, Any] | None = None) -> InstanceRecord:
+    """An observation of the clock (a deadline passed: ``timed_out``, ``launch_failed``),
+    fired through the machine under the row's lock."""
+    with engine._lock(instance_id):
+        return engine._apply(engine.store.get(instance_id), event, reason=reason,
+                             changes=changes)

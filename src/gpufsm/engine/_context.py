@@ -22,6 +22,7 @@ from gpufsm.engine._locks import Held, InstanceLocks
 from gpufsm.errors import GpufsmError, ValidationError
 from gpufsm.machines import TRANSITIONS, Capabilities, EdgeKind, Event, Guard, InstanceState, check
 from gpufsm.notify import Listener, TransitionEvent, Webhook
+from gpufsm.placement import Catalog
 from gpufsm.store import InstanceRecord, InstanceStore, Move, TrackedInstance
 
 __all__ = ["DEFAULT_VISIBILITY_WINDOW", "Engine"]
@@ -69,6 +70,8 @@ class Engine:
         self._locks = InstanceLocks()
         #: Providers that refused a call for lack of credit (read by the emergency policy).
         self.credit_exhausted: set[str] = set()
+        #: Every provider's offers, read at most once a minute: placement ranks them.
+        self.catalog = Catalog(self.adapters, self.clock)
 
     # ---- listeners ------------------------------------------------------------------
 
@@ -107,9 +110,9 @@ class Engine:
 
     def _window(self, provider: str) -> float:
         window = self.visibility_window
-        if isinstance(window, Mapping):
-            return float(window.get(provider, DEFAULT_VISIBILITY_WINDOW))
-        return float(window)
+        if isinstance(window, int | float):  # before the Mapping ABC check: once a row
+            return float(window)
+        return float(window.get(provider, DEFAULT_VISIBILITY_WINDOW))
 
     # ---- transitions ------------------------------------------------------------------
 

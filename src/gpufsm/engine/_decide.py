@@ -209,6 +209,8 @@ def _facts(row: Row, facts: dict[str, Any], steps: tuple[Step, ...], *,
         if current != value:
             changed = True
             break
+    if not (changed or steps or drift or notes):
+        return NOTHING  # the common case of a pass: a quiet row, nothing to write
     return Decision(steps=steps, drift=drift, facts=dict(facts) if changed else None,
                     notes=notes)
 

@@ -43,9 +43,9 @@ log = logging.getLogger("gpufsm.fleet")
 S = InstanceState
 
 
-def launch(engine: Engine, spec: InstanceSpec | Mapping[str, Any], reason: str | None
-           ) -> InstanceRecord:
-    """See ``Fleet.launch``."""
+def launch(engine: Engine, spec: InstanceSpec | Mapping[str, Any], reason: str | None, *,
+           placement_id: str | None = None) -> InstanceRecord:
+    """See ``Fleet.launch``; ``placement_id`` marks the row as an attempt of a placement."""
     spec = parse_spec(spec)
     adapter = engine._adapter(spec.provider)
     adapter.validate(spec)
@@ -56,6 +56,7 @@ def launch(engine: Engine, spec: InstanceSpec | Mapping[str, Any], reason: str |
         client_token=token, tag=ownership_tag(token), name=spec.name, billable=True,
         spec=stored_spec(spec), created_at=now, updated_at=now,
         state_entered_at=now, region=spec.region, instance_type=spec.instance_type,
+        placement_id=placement_id,
     )
     insert(engine, record, reason)
     with engine._lock(record.id):

@@ -2,7 +2,7 @@
 
 Adapters report their catalogs as :class:`gpufsm.adapters.InstanceTypeOffer`, each in
 its provider's own terms: Lambda a fixed-size type with the regions that have capacity,
-Vast the cheapest ask per GPU name and count with its min bid, RunPod and Novita a price
+Vast the cheapest ask per GPU name, count and region with its min bid, RunPod and Novita a price
 *per GPU* that the launch's ``gpu_count`` multiplies. ``offers_from`` turns one of them
 into the rows a ranking can compare without knowing any provider:
 
@@ -25,11 +25,7 @@ from dataclasses import dataclass
 from gpufsm.adapters import InstanceTypeOffer
 from gpufsm.placement._gpus import Gpu, GpuModel, UnknownGpu, canonical, vram_hint
 
-__all__ = ["PER_GPU_MAX_COUNT", "Offer", "offers_from"]
-
-#: GPUs per machine where a per-GPU price states no limit of its own: Novita's ``gpuNum``
-#: is 1..8 (tests/fixtures/provider-api/novita/NOTES.md, create).
-PER_GPU_MAX_COUNT = 8
+__all__ = ["Offer", "offers_from"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,8 +118,9 @@ def _counts(type_offer: InstanceTypeOffer) -> list[tuple[int, int]]:
 def _per_gpu_max(type_offer: InstanceTypeOffer) -> int | None:
     """The most GPUs a per-GPU price may be multiplied to, or None for a fixed type.
 
-    Read from what the adapters put in ``extra``: Novita's ``price_is_per_gpu``, RunPod's
-    ``max_count`` (per cloud type; the largest counts).
+    Read from what the adapters put in ``extra``: Novita's ``price_is_per_gpu`` with its
+    ``max_gpus`` (gpuNum 1..8), RunPod's ``max_count`` (per cloud type; the largest
+    counts). A per-GPU price without a stated limit is offered for one GPU only.
     """
     extra = type_offer.extra
     counts = extra.get("max_count")
@@ -131,5 +128,6 @@ def _per_gpu_max(type_offer: InstanceTypeOffer) -> int | None:
         limits = [v for v in counts.values() if isinstance(v, int) and v >= 1]
         return max(limits) if limits else None
     if extra.get("price_is_per_gpu") is True:
-        return PER_GPU_MAX_COUNT
+        most = extra.get("max_gpus")
+        return most if isinstance(most, int) and most >= 1 else 1
     return None

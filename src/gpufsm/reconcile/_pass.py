@@ -34,7 +34,8 @@ from datetime import datetime
 from functools import partial
 from typing import Any
 
-from gpufsm.adapters import Observation, ProviderAdapter, ProviderInstance
+from gpufsm import engine
+from gpufsm.adapters import HasSeam, Observation, ProviderAdapter, ProviderInstance
 from gpufsm.errors import GpufsmError, InsufficientCredit, ProviderError, TransitionNotAllowed
 from gpufsm.fleet import Fleet
 from gpufsm.machines import Event, InstanceState
@@ -140,6 +141,7 @@ class Reconciler:
                 report.problems.append(Problem(
                     "no-adapter", provider, f"{len(mine)} instances on a provider with no "
                     "adapter configured: left untouched"))
+        self._sweep_surplus(report)
         self._run_policies(report)
         if self.dispatcher is not None:
             sent = self.dispatcher.deliver_due()
@@ -150,12 +152,29 @@ class Reconciler:
         report.api_calls = self._api_calls() - calls_before
         return report
 
+    def _sweep_surplus(self, report: PassReport) -> None:
+        """Placements keep one machine each: a surplus attempt (it turned up after
+        another won, or after its placement failed) is terminated, like any other
+        terminate of the pass; a known machine of a placement with no winner claims it."""
+        try:
+            surplus = [(i, why) for i, why in engine.sweep_surplus(self.fleet)
+                       if self.config.lease_ttl is None or i in self._claimed]
+        except GpufsmError as exc:
+            report.problems.append(Problem("surplus", "*", f"surplus sweep failed: {exc}"))
+            return
+        rows = self.fleet.store.get_many(i for i, _ in surplus)
+        by_provider: dict[str, list[tuple[_Row, str]]] = {}
+        for instance_id, why in surplus:
+            if instance_id in rows:
+                row = rows[instance_id]
+                by_provider.setdefault(row.provider, []).append((row, why))
+        for provider, ending in sorted(by_provider.items()):
+            self._end_together(provider, ending, report)
+
     def _api_calls(self) -> int:
         """HTTP requests sent so far by adapters that expose their seam (retries count)."""
-        total = 0
-        for adapter in self.fleet.adapters.values():
-            total += getattr(getattr(adapter, "seam", None), "calls", 0)
-        return total
+        return sum(a.seam.calls for a in self.fleet.adapters.values()
+                   if isinstance(a, HasSeam))
 
     def _provider_pass(self, provider: str, adapter: ProviderAdapter,
                        rows: list[TrackedInstance], report: PassReport) -> None:

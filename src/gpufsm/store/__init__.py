@@ -5,16 +5,20 @@ Imports the lifecycle's types and nothing above; adapters are a sibling it never
 
 from gpufsm.store._engine import gc_paused, make_engine, sqlite_file
 from gpufsm.store._migrate import current_revision, head_revision, upgrade
-from gpufsm.store._protocol import InstanceRows, InstanceStore, Leases, Outbox
+from gpufsm.store._protocol import InstanceRows, InstanceStore, Leases, Outbox, Placements
 from gpufsm.store._records import (
     MUTABLE_FIELDS,
     BatchOutcome,
+    BlockedOffer,
     DriftNote,
     DriftRecord,
     InstanceRecord,
     Move,
     OutboxMessage,
+    PlacementRecord,
+    PlacementState,
     RowWrite,
+    SurplusRow,
     TrackedInstance,
     TransitionRecord,
 )
@@ -23,6 +27,7 @@ from gpufsm.store._sql import SqlInstanceStore
 __all__ = [
     "MUTABLE_FIELDS",
     "BatchOutcome",
+    "BlockedOffer",
     "DriftNote",
     "DriftRecord",
     "InstanceRecord",
@@ -32,8 +37,12 @@ __all__ = [
     "Move",
     "Outbox",
     "OutboxMessage",
+    "PlacementRecord",
+    "PlacementState",
+    "Placements",
     "RowWrite",
     "SqlInstanceStore",
+    "SurplusRow",
     "TrackedInstance",
     "TransitionRecord",
     "current_revision",

@@ -21,7 +21,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-__all__ = ["Base", "DriftRow", "InstanceRow", "OutboxRow", "TransitionRow", "UtcDateTime"]
+__all__ = ["Base", "BlockedOfferRow", "DriftRow", "InstanceRow", "OutboxRow", "PlacementRow",
+           "TransitionRow", "UtcDateTime"]
 
 
 class UtcDateTime(TypeDecorator[datetime]):
@@ -64,6 +65,7 @@ class InstanceRow(Base):
         Index("ix_instances_state", "state"),
         Index("ix_instances_tag", "tag"),
         Index("ix_instances_created", "created_at", "id"),  # list order (0005)
+        Index("ix_instances_placement", "placement_id"),  # a request's attempts (0007)
     )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
@@ -100,6 +102,8 @@ class InstanceRow(Base):
     missing_count: Mapped[int] = mapped_column(Integer, server_default="0")
     lease_owner: Mapped[str | None] = mapped_column(String(128))
     lease_expires_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    # The placement (request for a GPU) this row is an attempt of (0007).
+    placement_id: Mapped[str | None] = mapped_column(String(36))
 
 
 class TransitionRow(Base):
@@ -148,3 +152,33 @@ class OutboxRow(Base):
     next_attempt_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
     delivered_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
     last_error: Mapped[str | None] = mapped_column(Text)
+
+
+class PlacementRow(Base):
+    """A request for a GPU (0007): its attempts are instance rows with its id."""
+
+    __tablename__ = "gpufsm_placements"
+    __table_args__ = (Index("ix_placements_state", "state"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    name: Mapped[str | None] = mapped_column(String(255))
+    requirements: Mapped[dict[str, Any]] = mapped_column(JSON)
+    template: Mapped[dict[str, Any]] = mapped_column(JSON)
+    state: Mapped[str] = mapped_column(String(16))  # OPEN, PLACED, FAILED
+    winner_id: Mapped[str | None] = mapped_column(String(36))
+    reason: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+
+class BlockedOfferRow(Base):
+    """An offer refused for capacity, quota, price or region, skipped until ``until``."""
+
+    __tablename__ = "gpufsm_blocked_offers"
+
+    provider: Mapped[str] = mapped_column(String(32), primary_key=True)
+    instance_type: Mapped[str] = mapped_column(String(128), primary_key=True)
+    region: Mapped[str] = mapped_column(String(64), primary_key=True)  # "": any region
+    interruptible: Mapped[bool] = mapped_column(Boolean, primary_key=True)
+    until: Mapped[datetime] = mapped_column(UtcDateTime)
+    reason: Mapped[str | None] = mapped_column(Text)

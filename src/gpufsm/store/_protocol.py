@@ -1,8 +1,9 @@
 """The persistence contract the engine and reconciler rely on, one protocol per role.
 
 ``InstanceRows`` (rows, their history and drift) is what the engine needs; ``Leases``
-is how daemons share rows; ``Outbox`` is the webhook queue. ``InstanceStore`` is all
-three, which ``SqlInstanceStore`` implements; a test double may implement one role.
+is how daemons share rows; ``Outbox`` is the webhook queue; ``Placements`` holds
+requests for a GPU and the offers refused lately. ``InstanceStore`` is all four, which
+``SqlInstanceStore`` implements; a test double may implement one role.
 """
 
 from __future__ import annotations
@@ -14,16 +15,20 @@ from typing import Any, Protocol, runtime_checkable
 from gpufsm.machines import Event, InstanceState
 from gpufsm.store._records import (
     BatchOutcome,
+    BlockedOffer,
     DriftRecord,
     InstanceRecord,
     Move,
     OutboxMessage,
+    PlacementRecord,
+    PlacementState,
     RowWrite,
+    SurplusRow,
     TrackedInstance,
     TransitionRecord,
 )
 
-__all__ = ["InstanceRows", "InstanceStore", "Leases", "Outbox"]
+__all__ = ["InstanceRows", "InstanceStore", "Leases", "Outbox", "Placements"]
 
 
 @runtime_checkable
@@ -111,7 +116,33 @@ class Outbox(Protocol):
 
 
 @runtime_checkable
-class InstanceStore(InstanceRows, Leases, Outbox, Protocol):
+class Placements(Protocol):
+    """Requests for a GPU: one winner each (claimed atomically), and refused offers."""
+
+    def open_placement(self, placement: PlacementRecord) -> PlacementRecord: ...
+
+    def get_placement(self, placement_id: str) -> PlacementRecord: ...
+
+    def list_placements(self, *, states: Iterable[PlacementState] | None = None
+                        ) -> Sequence[PlacementRecord]: ...
+
+    def claim_winner(self, placement_id: str, instance_id: str, *, at: datetime
+                     ) -> PlacementRecord: ...
+
+    def fail_placement(self, placement_id: str, *, reason: str, at: datetime
+                       ) -> PlacementRecord: ...
+
+    def attempts(self, placement_id: str) -> Sequence[InstanceRecord]: ...
+
+    def surplus_rows(self) -> Sequence[SurplusRow]: ...
+
+    def block_offer(self, offer: BlockedOffer) -> None: ...
+
+    def blocked_offers(self, *, now: datetime) -> Sequence[BlockedOffer]: ...
+
+
+@runtime_checkable
+class InstanceStore(InstanceRows, Leases, Outbox, Placements, Protocol):
     """Every role in one database."""
 
     def close(self) -> None: ...

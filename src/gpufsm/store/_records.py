@@ -12,6 +12,7 @@ cost over 300 MB and seconds to decode; 100k tracked tuples a fifth of that.
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -19,8 +20,9 @@ from typing import Any, NamedTuple
 
 from gpufsm.machines import EdgeKind, Event, InstanceState
 
-__all__ = ["MUTABLE_FIELDS", "BatchOutcome", "DriftNote", "DriftRecord", "InstanceRecord",
-           "Move", "OutboxMessage", "RowWrite", "TrackedInstance", "TransitionRecord"]
+__all__ = ["MUTABLE_FIELDS", "BatchOutcome", "BlockedOffer", "DriftNote", "DriftRecord",
+           "InstanceRecord", "Move", "OutboxMessage", "PlacementRecord", "PlacementState",
+           "RowWrite", "SurplusRow", "TrackedInstance", "TransitionRecord"]
 
 #: Columns a write may change besides state and version. Anything else is a bug.
 MUTABLE_FIELDS = frozenset({
@@ -65,6 +67,8 @@ class InstanceRecord:
     #: since when: persisted, so a cron ``reconcile --once`` counts as a daemon does
     missing_since: datetime | None = None
     missing_count: int = 0
+    #: the placement (a request for a GPU) this row is an attempt of, if any
+    placement_id: str | None = None
 
     def with_changes(self, **changes: Any) -> InstanceRecord:
         return replace(self, **changes)
@@ -259,3 +263,55 @@ class BatchOutcome:
 
     applied: Mapping[str, int]
     conflicts: tuple[str, ...] = ()
+
+
+class PlacementState(enum.StrEnum):
+    """A request for a GPU: OPEN while offers are tried; PLACED once one instance won;
+    FAILED when every attempt failed (a machine of an attempt that turns up after that
+    is surplus, and terminated)."""
+
+    OPEN = "OPEN"
+    PLACED = "PLACED"
+    FAILED = "FAILED"
+
+
+@dataclass(frozen=True, slots=True)
+class PlacementRecord:
+    """One request for a GPU. Its attempts are the instance rows with its id."""
+
+    id: str
+    requirements: dict[str, Any]
+    template: dict[str, Any]
+    state: PlacementState
+    created_at: datetime
+    updated_at: datetime
+    name: str | None = None
+    winner_id: str | None = None
+    reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class BlockedOffer:
+    """An offer a provider refused (capacity, quota, price, region), skipped until
+    ``until``. ``region`` "" blocks the type in every region."""
+
+    provider: str
+    instance_type: str
+    region: str
+    interruptible: bool
+    until: datetime
+    reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SurplusRow:
+    """A live attempt of a placement, with what decides its fate: the placement's state
+    and winner, and whether the provider knows the machine (an id, or adopted)."""
+
+    instance_id: str
+    placement_id: str
+    placement_state: PlacementState
+    winner_id: str | None
+    state: InstanceState
+    has_provider_id: bool
+    created_at: datetime

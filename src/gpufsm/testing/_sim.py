@@ -4,7 +4,9 @@ It behaves like the real providers where that matters to gpufsm: instances boot 
 (seeded, random) delay, stop and terminate take time, terminated instances linger in
 listings before they vanish, and every fault the real APIs show can be injected — a
 refused launch, a call that times out *after* doing its work, instances that die or are
-preempted, raw statuses no adapter knows, listings that fail or lie (come back empty).
+preempted, raw statuses no adapter knows, listings that fail or lie (come back empty),
+a type, a region or the whole provider sold out (gone from the catalog, launches refused
+for capacity), and launches refused for quota.
 
 It is also the backing store of the HTTP emulators, which translate its phases into
 each provider's own status words. Public, so users can test their policies with it.
@@ -12,6 +14,7 @@ each provider's own status words. Public, so users can test their policies with 
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import itertools
 import random
@@ -46,7 +49,30 @@ from gpufsm.machines import Capabilities, InstanceState
 from gpufsm.specs import InstanceSpec
 from gpufsm.testing._clock import FakeClock
 
-__all__ = ["SIM_STATUSES", "SimInstance", "SimTimings", "SimulatedCloud"]
+__all__ = ["REGION_PRICES", "SIM_STATUSES", "SimInstance", "SimTimings", "SimulatedCloud",
+           "region_price"]
+
+#: ``InstanceTypeOffer.extra`` key of a type whose price differs by region: region → $/h.
+#: The simulated cloud bills an instance at its region's price, and dialects that can say
+#: so (Vast's asks, one per machine) show it; regions it omits cost ``price_per_hour``.
+REGION_PRICES = "region_prices"
+
+#: A sell-out or quota target: (instance type, region), None meaning every one.
+_Target = tuple[str | None, str | None]
+
+
+def region_price(offer: InstanceTypeOffer, region: str | None) -> float:
+    """What ``offer`` costs per hour in ``region`` (see :data:`REGION_PRICES`)."""
+    prices = offer.extra.get(REGION_PRICES)
+    if isinstance(prices, dict) and region in prices:
+        return float(prices[region])
+    return offer.price_per_hour
+
+
+def _covers(targets: Iterable[_Target], instance_type: str, region: str | None) -> bool:
+    """Whether any target names this type (or every type) and this region (or all)."""
+    return any((t is None or t == instance_type) and (r is None or r == region)
+               for t, r in targets)
 
 #: The simulated provider's raw status words and what they mean to gpufsm.
 SIM_STATUSES: dict[str, InstanceState] = {
@@ -122,6 +148,16 @@ class SimTimings:
     linger: tuple[float, float] = (30.0, 60.0)  # listed as terminated before vanishing
 
 
+def _within(target: _Target, scope: _Target) -> bool:
+    """Whether ``target`` lies inside ``scope`` (what a restock names): each part of the
+    scope is None (anything) or equal. A target broader than the scope is not inside."""
+    return all(s is None or s == t for t, s in zip(target, scope, strict=True))
+
+
+def _target_order(target: _Target) -> tuple[str, str]:
+    return target[0] or "", target[1] or ""
+
+
 def _our_tag(inst: SimInstance) -> str | None:
     """The one ownership rule: our prefix on the tag, else a tagged name."""
     if inst.tag and inst.tag.startswith(TAG_PREFIX):
@@ -167,6 +203,8 @@ class SimulatedCloud:
         self._outage_mode: str | None = None
         self._outage_left = 0
         self.credit_ok = True
+        self._sold_out: set[_Target] = set()
+        self._quota_refused: set[_Target] = set()
         #: Seconds after its creation during which reads (get, list) do not show an
         #: instance: the eventual consistency of real providers (see ``lag_reads``).
         self.read_lag = 0.0
@@ -200,9 +238,10 @@ class SimulatedCloud:
         anything is created, with no launch counted."""
         limit = request.spec.max_price_per_hour
         offer = self._types.get(request.spec.instance_type)
-        if limit is not None and offer is not None and offer.price_per_hour > limit:
+        price = region_price(offer, request.spec.region) if offer is not None else 0.0
+        if limit is not None and offer is not None and price > limit:
             raise InsufficientCapacity(
-                f"{offer.name} costs ${offer.price_per_hour:.2f}/h, above "
+                f"{offer.name} costs ${price:.2f}/h, above "
                 f"max_price_per_hour ${limit:.2f}/h", provider=self._name)
         return self.create_instance(
             instance_type=request.spec.instance_type,
@@ -222,13 +261,15 @@ class SimulatedCloud:
     ) -> str:
         """Create an instance as a provider would; the emulators' launch calls this.
 
-        Faults queued for ``launch`` apply, as do the credit and capacity rules.
+        Faults queued for ``launch`` apply, as do the credit, quota and capacity rules
+        (``refuse_quota``, ``sell_out``).
         """
         with self._lock:
             self._call("launch")
             after = self._fault("launch")
             if not self.credit_ok:
                 raise InsufficientCredit("your account lacks credit", provider=self._name)
+            self._check_refusals(instance_type, region)
             pid = self._create(instance_type=instance_type, region=region, name=name, tag=tag,
                                meta=meta)
             self._raise_after(after)
@@ -240,7 +281,7 @@ class SimulatedCloud:
         offer = self._types.get(instance_type)
         if offer is None:
             raise InvalidRequest(f"unknown instance type {instance_type}", provider=self._name)
-        region = region or (offer.regions[0] if offer.regions else "")
+        region = region or self._first_region(offer)
         if region not in offer.regions:
             raise InsufficientCapacity(
                 f"no capacity for {offer.name} in {region or 'any region'}",
@@ -254,7 +295,7 @@ class SimulatedCloud:
             tag=tag,
             instance_type=offer.name,
             region=region,
-            price_per_hour=offer.price_per_hour,
+            price_per_hour=region_price(offer, region),
             # 127.0.0.0/8 is all loopback: a probe or ssh aimed at a simulated instance
             # can never leave the machine (a private range like 10/8 could).
             ip=f"127.{(n >> 16) & 255}.{(n >> 8) & 255}.{n & 255}",
@@ -321,10 +362,61 @@ class SimulatedCloud:
             self._raise_after(after)
 
     def instance_types(self) -> Sequence[InstanceTypeOffer]:
+        """Every type, each with only the regions that have capacity now: a region sold
+        out (``sell_out``) is missing, and a type sold out everywhere has none."""
         with self._lock:
             self._call("instance_types")
             self._raise_after(self._fault("instance_types"))
-            return list(self._types.values())
+            return [dataclasses.replace(o, regions=tuple(
+                        r for r in o.regions if not _covers(self._sold_out, o.name, r)))
+                    if self._sold_out else o for o in self._types.values()]
+
+    # ---- capacity and quota ---------------------------------------------------------------
+
+    def sell_out(self, instance_type: str | None = None, region: str | None = None) -> None:
+        """No capacity left for ``instance_type`` in ``region`` (None: every type, every
+        region; both None: the whole provider) until ``restock``.
+
+        The region drops out of the type's regions in ``instance_types`` and a launch
+        there is refused with InsufficientCapacity, which each emulator answers with
+        its provider's own capacity error.
+        """
+        with self._lock:
+            self._sold_out.add(self._target(instance_type, region))
+
+    def restock(self, instance_type: str | None = None, region: str | None = None) -> None:
+        """Lift every sell-out within the target (no arguments: all of them). A broader
+        sell-out (the whole type, the whole provider) is lifted only by naming it."""
+        with self._lock:
+            self._sold_out = {t for t in self._sold_out
+                              if not _within(t, (instance_type, region))}
+
+    def refuse_quota(self, instance_type: str | None = None,
+                     region: str | None = None) -> None:
+        """Launches of ``instance_type`` in ``region`` (None: any) are refused with
+        QuotaExceeded (each emulator: its provider's quota error) until ``grant_quota``
+        or ``clear_faults``; the catalog still offers them, as real providers do."""
+        with self._lock:
+            self._quota_refused.add(self._target(instance_type, region))
+
+    def grant_quota(self, instance_type: str | None = None,
+                    region: str | None = None) -> None:
+        """Lift every quota refusal within the target (no arguments: all of them)."""
+        with self._lock:
+            self._quota_refused = {t for t in self._quota_refused
+                                   if not _within(t, (instance_type, region))}
+
+    @property
+    def sold_out(self) -> list[tuple[str | None, str | None]]:
+        """The sell-outs in force, as (type, region) with None for "every"."""
+        with self._lock:
+            return sorted(self._sold_out, key=_target_order)
+
+    @property
+    def quota_refused(self) -> list[tuple[str | None, str | None]]:
+        """The quota refusals in force, as (type, region) with None for "every"."""
+        with self._lock:
+            return sorted(self._quota_refused, key=_target_order)
 
     # ---- fault injection ----------------------------------------------------------------
 
@@ -348,9 +440,11 @@ class SimulatedCloud:
             self._faults.setdefault(op, deque()).append(_Fault(error, after_work, times))
 
     def clear_faults(self) -> None:
-        """Drop every queued fault and end any outage (e.g. before a final clean-up)."""
+        """Drop every queued fault, every quota refusal and end any outage (e.g. before a
+        final clean-up). Sell-outs stay: capacity comes back with ``restock``."""
         with self._lock:
             self._faults.clear()
+            self._quota_refused.clear()
             self._outage_left = 0
 
     def outage(self, listings: int, *, mode: str = "error") -> None:
@@ -462,6 +556,31 @@ class SimulatedCloud:
     def _raise(self, fault: _Fault) -> None:
         cls = _FAULT_ERRORS[fault.error]
         raise cls(f"injected {fault.error} fault", provider=self._name)
+
+    def _target(self, instance_type: str | None, region: str | None) -> _Target:
+        if instance_type is not None and instance_type not in self._types:
+            raise ValueError(f"unknown instance type {instance_type!r}; known: "
+                             f"{', '.join(sorted(self._types))}")
+        return instance_type, region
+
+    def _first_region(self, offer: InstanceTypeOffer) -> str:
+        """Where a launch that names no region lands: the first region with capacity."""
+        free = [r for r in offer.regions if not _covers(self._sold_out, offer.name, r)]
+        return (free or list(offer.regions) or [""])[0]
+
+    def _check_refusals(self, instance_type: str, region: str | None) -> None:
+        """Raise the quota or capacity refusal a launch of this type and region meets."""
+        offer = self._types.get(instance_type)
+        if offer is None:
+            return  # _create answers an unknown type
+        where = region or self._first_region(offer)
+        if _covers(self._quota_refused, instance_type, where):
+            raise QuotaExceeded(f"quota exceeded for {instance_type} in {where or 'any region'}",
+                                provider=self._name)
+        if _covers(self._sold_out, instance_type, where):
+            raise InsufficientCapacity(
+                f"no capacity for {instance_type} in {where or 'any region'} (sold out)",
+                provider=self._name)
 
     def _live(self, provider_instance_id: str) -> SimInstance:
         self._settle()

@@ -72,7 +72,7 @@ def test_products_parse_with_prices_in_hundred_thousandths(client):
     products = client.gpu.products.list()
     assert all(isinstance(p, GPUProduct) for p in products)
     by_name = {p.name: p for p in products}
-    assert set(by_name) == {"RTX 4090 24GB", "H100 SXM 80GB", "A100 SXM 80GB"}
+    assert set(by_name) == {"RTX 4090 24GB", "A100 PCIe 80GB", "H100 SXM 80GB", "A100 SXM 80GB"}
 
     rtx = by_name["RTX 4090 24GB"]
     assert rtx.price_raw == 35000 and rtx.price == pytest.approx(0.35)
@@ -91,8 +91,9 @@ def test_products_parse_with_prices_in_hundred_thousandths(client):
 def test_products_filters(client):
     assert [p.name for p in client.gpu.products.list(product_name="h100")] == ["H100 SXM 80GB"]
     assert [p.name for p in client.gpu.products.list(cluster_id="eu-de-01")] == [
-        "RTX 4090 24GB"]
-    assert client.gpu.products.list(billing_method="spot") == []  # no spot prices offered
+        "RTX 4090 24GB", "A100 PCIe 80GB"]
+    assert [p.name for p in client.gpu.products.list(billing_method="spot")] == [
+        "A100 PCIe 80GB"]
 
 
 # ---- the lifecycle ----------------------------------------------------------------------
@@ -329,7 +330,7 @@ def test_5xx_raises_api_error_with_status_and_body(client, emu, status):
         client.gpu.products.list()
     assert failed.value.status_code == status
     assert "UNKNOWN" in failed.value.response_body
-    assert len(client.gpu.products.list()) == 3  # one fault, then the API answers again
+    assert len(client.gpu.products.list()) == 4  # one fault, then the API answers again
 
 
 def test_wrong_key_raises_authentication_error(novita_emulator):

@@ -56,7 +56,7 @@ def _rest_pods(emu: Emulator) -> list[dict[str, Any]]:
 
 def test_gpu_catalog(emu: Emulator) -> None:
     gpus = {g["id"]: g for g in runpod.get_gpus()}
-    assert set(gpus) == {A40, "NVIDIA H100 80GB HBM3", SOLD_OUT}
+    assert set(gpus) == {A40, "NVIDIA A100 80GB PCIe", "NVIDIA H100 80GB HBM3", SOLD_OUT}
     assert (gpus[A40]["displayName"], gpus[A40]["memoryInGb"]) == ("A40", 48)
 
     a40 = runpod.get_gpu(A40)

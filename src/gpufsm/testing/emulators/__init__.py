@@ -23,6 +23,7 @@ __all__ = [
     "EmulatorResponse",
     "EmulatorServer",
     "HttpFault",
+    "dialect_class",
     "enable_admin",
     "make_dialect",
 ]
@@ -32,13 +33,23 @@ __all__ = [
 DIALECTS: dict[str, str] = {name: p.dialect for name, p in PROVIDERS.items()}
 
 
-def make_dialect(name: str, cloud: Any) -> Dialect:
-    """The dialect for provider ``name`` over ``cloud`` (a SimulatedCloud)."""
+def dialect_class(name: str) -> Any:
+    """The dialect class for provider ``name`` (imported on first use).
+
+    Each class also carries what its emulator sells, so adding a provider touches only
+    its own module: ``catalog`` (the ``InstanceTypeOffer`` rows in the provider's words)
+    and ``id_prefix`` (the simulated cloud's instance-id prefix, None for the default).
+    """
     try:
         target = DIALECTS[name]
     except KeyError:
         known = ", ".join(sorted(DIALECTS))
         raise ValueError(f"unknown dialect {name!r}; known: {known}") from None
     module, _, cls = target.partition(":")
-    dialect: Dialect = getattr(importlib.import_module(module), cls)(cloud)
+    return getattr(importlib.import_module(module), cls)
+
+
+def make_dialect(name: str, cloud: Any) -> Dialect:
+    """The dialect for provider ``name`` over ``cloud`` (a SimulatedCloud)."""
+    dialect: Dialect = dialect_class(name)(cloud)
     return dialect

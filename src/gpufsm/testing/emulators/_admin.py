@@ -49,8 +49,20 @@ preempt            id
 vanish             id
 set_raw_status     id, raw_status (a string, or null to clear it)
 credit             ok (false: launches are refused for lack of credit)
-clear              (none): drop queued cloud faults and end any outage
+sell_out           instance_type [null: every type], region [null: every region]: no
+                   capacity there until restocked; gone from the catalog answer, and a
+                   launch there gets the provider's own capacity error
+restock            instance_type [null], region [null]: lift the sell-outs within that
+                   target (both null: all of them)
+refuse_quota       instance_type [null], region [null]: launches there get the
+                   provider's own quota error; the catalog still offers them
+grant_quota        instance_type [null], region [null]: lift those quota refusals
+clear              (none): drop queued cloud faults and quota refusals, end any outage
+                   (sell-outs stay: ``restock``)
 =================  ================================================================
+
+The state lists the sell-outs and quota refusals in force as ``sold_out`` and
+``quota_refused``: ``{"instance_type", "region"}`` objects, null meaning "every".
 """
 
 from __future__ import annotations
@@ -75,8 +87,9 @@ from gpufsm.testing.emulators._server import (
 __all__ = ["ADMIN_PREFIX", "CLOUD_FAULT_ACTIONS", "EmulatorAdmin", "enable_admin"]
 
 #: What POST /_emulator/cloud-faults accepts as ``action``.
-CLOUD_FAULT_ACTIONS = ("clear", "credit", "fail_next", "kill", "lag_reads", "outage",
-                       "preempt", "set_raw_status", "spawn_untracked", "vanish")
+CLOUD_FAULT_ACTIONS = ("clear", "credit", "fail_next", "grant_quota", "kill", "lag_reads",
+                       "outage", "preempt", "refuse_quota", "restock", "sell_out",
+                       "set_raw_status", "spawn_untracked", "vanish")
 _HTTP_FAULT_KINDS = ("429", "5xx", "401", "404", "error", "slow", "drop")
 _HTTP_FAULT_FIELDS = frozenset(f.name for f in dataclasses.fields(HttpFault))
 # SimulatedCloud.fail_next's operations, checked here so the 400 can name the field.
@@ -167,6 +180,10 @@ class _Body:
             raise _BadInput(unknown[0], f"unknown field {unknown[0]!r}")
 
 
+def _targets(targets: list[tuple[str | None, str | None]]) -> list[dict[str, str | None]]:
+    return [{"instance_type": t, "region": r} for t, r in targets]
+
+
 def _fault_json(fault: HttpFault) -> dict[str, Any]:
     return dataclasses.asdict(fault)
 
@@ -243,6 +260,7 @@ class EmulatorAdmin:
                       if cloud._outage_left > 0 else None)
             calls = dict(sorted(cloud.calls.items()))
             credit_ok = cloud.credit_ok
+            sold_out, quota_refused = cloud.sold_out, cloud.quota_refused
         return {
             "dialect": server.dialect.name,
             "clock": self._clock_json(),
@@ -251,6 +269,8 @@ class EmulatorAdmin:
             "cloud_faults": cloud_faults,
             "outage": outage,
             "credit_ok": credit_ok,
+            "sold_out": _targets(sold_out),
+            "quota_refused": _targets(quota_refused),
             "requests": counts,
             "requests_total": sum(counts.values()),
             "cloud_calls": calls,
@@ -324,6 +344,10 @@ class EmulatorAdmin:
             "spawn_untracked": self._spawn_untracked,
             "credit": self._credit,
             "clear": self._clear,
+            "sell_out": self._capacity,
+            "restock": self._capacity,
+            "refuse_quota": self._capacity,
+            "grant_quota": self._capacity,
         }
         handler = handlers.get(action)
         if handler is not None:
@@ -378,6 +402,20 @@ class EmulatorAdmin:
         body.done()
         self.cloud.credit_ok = ok
         return {"ok": ok}
+
+    def _capacity(self, body: _Body) -> dict[str, Any]:
+        """sell_out, restock, refuse_quota, grant_quota: one (type, region) target."""
+        action = body.string("action")
+        cloud = self.cloud
+        with cloud._lock:  # the offered types, read without counting a call
+            types = tuple(cloud._types)
+        instance_type = body.string("instance_type", None, nullable=True, choices=types)
+        region = body.string("region", None, nullable=True)
+        body.done()
+        getattr(cloud, action)(instance_type, region)
+        return {"instance_type": instance_type, "region": region,
+                "sold_out": _targets(cloud.sold_out),
+                "quota_refused": _targets(cloud.quota_refused)}
 
     def _clear(self, body: _Body) -> dict[str, Any]:
         body.done()

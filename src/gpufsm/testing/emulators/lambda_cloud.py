@@ -44,7 +44,7 @@ from gpufsm.errors import (
 from gpufsm.testing._sim import SimInstance, SimulatedCloud
 from gpufsm.testing.emulators._server import EmulatorRequest, EmulatorResponse
 
-__all__ = ["LAMBDA_PHASE_WORDS", "LAMBDA_REGION_CODES", "LambdaDialect"]
+__all__ = ["LAMBDA_CATALOG", "LAMBDA_PHASE_WORDS", "LAMBDA_REGION_CODES", "LambdaDialect"]
 
 #: Simulator phase → Lambda ``InstanceStatus``. Lambda shows ``booting`` from the
 #: moment of launch and again while an instance restarts.
@@ -66,6 +66,21 @@ LAMBDA_REGION_CODES: tuple[str, ...] = (
     "us-south-1", "us-west-3", "us-midwest-1", "us-east-2", "us-south-2", "us-south-3",
     "us-east-3", "us-midwest-2",
 )
+#: What ``gpufsm emulator --dialect lambda`` sells, in Lambda's words. Lambda prices a type
+#: once for every region and sells no spot, so its A100 differs in price by type (one GPU,
+#: eight), not by region; the last type is sold out everywhere.
+LAMBDA_CATALOG: tuple[InstanceTypeOffer, ...] = (
+    InstanceTypeOffer("lambda", "gpu_1x_a10", 0.75, ("us-east-1", "us-west-1"), 1,
+                      "A10 (24 GB PCIe)"),
+    InstanceTypeOffer("lambda", "gpu_1x_a100_sxm4", 1.29, ("us-east-1", "us-west-2"), 1,
+                      "A100 (40 GB SXM4)"),
+    InstanceTypeOffer("lambda", "gpu_8x_a100_80gb_sxm4", 14.32, ("us-east-1",), 8,
+                      "A100 (80 GB SXM4)"),
+    InstanceTypeOffer("lambda", "gpu_1x_h100_pcie", 2.49, ("us-west-3",), 1,
+                      "H100 (80 GB PCIe)"),
+    InstanceTypeOffer("lambda", "gpu_8x_h100_sxm5", 23.92, (), 8, "H100 (80 GB SXM5)"),
+)
+
 # The spec describes one region; the others are described by their code rather than
 # by a guess.
 _REGION_DESCRIPTIONS = {"us-west-1": "California, USA"}
@@ -144,6 +159,8 @@ class LambdaDialect:
     """
 
     name = "lambda"
+    catalog = LAMBDA_CATALOG
+    id_prefix: str | None = None
 
     def __init__(self, cloud: SimulatedCloud, *,
                  known_ssh_keys: Iterable[str] | None = None) -> None:

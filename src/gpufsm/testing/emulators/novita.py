@@ -52,7 +52,8 @@ from gpufsm.errors import (
 from gpufsm.testing._sim import SimInstance, SimulatedCloud
 from gpufsm.testing.emulators._server import EmulatorRequest, EmulatorResponse
 
-__all__ = ["NOVITA_PHASE_WORDS", "PREFIX", "PRICE_UNITS_PER_USD", "NovitaDialect"]
+__all__ = ["NOVITA_CATALOG", "NOVITA_PHASE_WORDS", "PREFIX", "PRICE_UNITS_PER_USD",
+           "NovitaDialect"]
 
 PREFIX = "/gpu-instance/openapi/v1"
 PRICE_UNITS_PER_USD = 100_000
@@ -72,6 +73,18 @@ NOVITA_PHASE_WORDS: dict[str, str] = {
     "terminating": "removing",
     "terminated": "removed",
 }
+
+#: What ``gpufsm emulator --dialect novita`` sells: products (price per GPU, 1-8 GPUs),
+#: some also sold as spot. A product has one price in all its clusters; the last one is
+#: sold out everywhere.
+NOVITA_CATALOG: tuple[InstanceTypeOffer, ...] = (
+    InstanceTypeOffer("novita", "RTX 4090 24GB", 0.35, ("us-ca-01", "eu-de-01"), 1,
+                      "RTX 4090"),
+    InstanceTypeOffer("novita", "A100 PCIe 80GB", 1.40, ("us-ca-01", "eu-de-01"), 1,
+                      "A100", spot_price_per_hour=0.70),
+    InstanceTypeOffer("novita", "H100 SXM 80GB", 2.56, ("us-ca-01",), 1, "H100"),
+    InstanceTypeOffer("novita", "A100 SXM 80GB", 1.60, (), 1, "A100"),
+)
 
 _UP = frozenset({"running", "rebooting", "stopping", "unhealthy"})
 
@@ -94,6 +107,8 @@ class NovitaDialect:
     """Novita's v1 GPU-instance API; one instance per SimulatedCloud."""
 
     name = "novita"
+    catalog = NOVITA_CATALOG
+    id_prefix: str | None = None
 
     def __init__(self, cloud: SimulatedCloud) -> None:
         self.cloud = cloud

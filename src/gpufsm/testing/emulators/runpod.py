@@ -45,7 +45,7 @@ from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any
 
-from gpufsm.adapters import tag_from_name
+from gpufsm.adapters import InstanceTypeOffer, tag_from_name
 from gpufsm.errors import (
     InsufficientCapacity,
     InsufficientCredit,
@@ -60,7 +60,20 @@ from gpufsm.testing._sim import SimInstance, SimulatedCloud
 from gpufsm.testing.emulators._server import EmulatorRequest, EmulatorResponse
 from gpufsm.testing.emulators.runpod_graphql import RunPodGraphQL, graphql_error_body
 
-__all__ = ["RUNPOD_PHASES", "RunPodDialect"]
+__all__ = ["RUNPOD_CATALOG", "RUNPOD_PHASES", "RunPodDialect"]
+
+#: What ``gpufsm emulator --dialect runpod`` sells: GPU types priced per GPU (secure
+#: cloud; community is cheaper), each with a spot price (``spot_price_per_hour``, else
+#: half the price). RunPod prices a type once for every data center; the last type is
+#: sold out everywhere.
+RUNPOD_CATALOG: tuple[InstanceTypeOffer, ...] = (
+    InstanceTypeOffer("runpod", "NVIDIA A40", 0.44, ("EU-RO-1", "US-TX-3"), 1, "A40 (48 GB)"),
+    InstanceTypeOffer("runpod", "NVIDIA A100 80GB PCIe", 1.64, ("US-TX-3", "EU-RO-1"), 1,
+                      "A100 PCIe (80 GB)", spot_price_per_hour=0.82),
+    InstanceTypeOffer("runpod", "NVIDIA H100 80GB HBM3", 2.69, ("US-TX-3",), 1,
+                      "H100 SXM (80 GB)"),
+    InstanceTypeOffer("runpod", "NVIDIA B200", 5.99, (), 1, "B200 (180 GB)"),
+)
 
 #: sim phase → (desiredStatus, runtime fields set, lastStatusChange event or None = last
 #: user action).
@@ -124,6 +137,8 @@ class RunPodDialect:
     """RunPod REST v1 over ``cloud``; built as ``RunPodDialect(cloud)``."""
 
     name = "runpod"
+    catalog = RUNPOD_CATALOG
+    id_prefix: str | None = "rp"
 
     def __init__(self, cloud: SimulatedCloud, *, delete_unknown_status: int = 404) -> None:
         self.cloud = cloud

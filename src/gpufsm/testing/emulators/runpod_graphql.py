@@ -393,6 +393,7 @@ class RunPodGraphQL:
             if wanted is not None and offer.name not in wanted:
                 continue
             price = offer.price_per_hour
+            spot = offer.spot_price_per_hour or round(price * 0.5, 4)
             memory = re.search(r"(\d+)\s*GB", offer.gpu_description or "")
             gpus.append({
                 "id": offer.name,
@@ -405,8 +406,8 @@ class RunPodGraphQL:
                 "communityCloud": True,
                 "securePrice": price,
                 "communityPrice": round(price * 0.8, 4),
-                "secureSpotPrice": round(price * 0.5, 4),
-                "communitySpotPrice": round(price * 0.4, 4),
+                "secureSpotPrice": spot,
+                "communitySpotPrice": round(spot * 0.8, 4),
                 "oneWeekPrice": round(price * 0.95, 4),
                 "oneMonthPrice": round(price * 0.9, 4),
                 "threeMonthPrice": round(price * 0.85, 4),

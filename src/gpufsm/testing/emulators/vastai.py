@@ -4,6 +4,7 @@ Served (with the trailing slashes the official docs use):
 
 =======  ===================================  ==========================================
 POST     /api/v0/bundles/                     search offers: one ask per (sim type, region)
+                                              with capacity, at that region's price
 PUT      /api/v0/asks/{ask_id}/               accept an ask: ``{"success", "new_contract"}``
 GET      /api/v0/instances/{id}/              ``{"instances": {...}}``; missing → null (404
                                               when ``missing_show == "404"``)
@@ -74,10 +75,25 @@ from gpufsm.errors import (
     QuotaExceeded,
     RateLimited,
 )
-from gpufsm.testing._sim import SimInstance, SimulatedCloud
+from gpufsm.testing._sim import REGION_PRICES, SimInstance, SimulatedCloud, region_price
 from gpufsm.testing.emulators._server import EmulatorRequest, EmulatorResponse
 
-__all__ = ["VAST_PHASE_WORDS", "VAST_SEARCH_FIELDS", "VastDialect"]
+__all__ = ["VAST_CATALOG", "VAST_PHASE_WORDS", "VAST_SEARCH_FIELDS", "VastDialect"]
+
+#: What ``gpufsm emulator --dialect vastai`` sells: one ask per (type, region), priced by
+#: region where ``region_prices`` says so; every ask takes bids from its ``min_bid`` (the
+#: type's ``spot_price_per_hour``, else 40 % of the ask). The last type is sold out.
+VAST_CATALOG: tuple[InstanceTypeOffer, ...] = (
+    InstanceTypeOffer("vastai", "RTX_4090", 0.35, ("Texas, US", "Stockholm, SE"), 1,
+                      "RTX 4090 (24 GB)"),
+    InstanceTypeOffer("vastai", "RTX_3090", 0.18, ("Quebec, CA",), 1, "RTX 3090 (24 GB)"),
+    InstanceTypeOffer("vastai", "H100_SXM", 2.10, ("Oregon, US",), 1, "H100 SXM (80 GB)"),
+    # After the types above, so their ask ids (numbered in this order) stay as they were.
+    InstanceTypeOffer("vastai", "A100_SXM4", 1.05, ("Texas, US", "Oregon, US"), 1,
+                      "A100 SXM4 (80 GB)",
+                      extra={REGION_PRICES: {"Texas, US": 1.05, "Oregon, US": 1.19}}),
+    InstanceTypeOffer("vastai", "A100_PCIE", 1.10, (), 1, "A100 PCIE (40 GB)"),
+)
 
 #: sim phase → (actual_status, intended_status, cur_state, next_state, status_msg).
 VAST_PHASE_WORDS: Mapping[str, tuple[str | None, str, str, str, str | None]] = {
@@ -258,6 +274,8 @@ class VastDialect:
     """Vast.ai's API over a SimulatedCloud; see the module docstring for the mapping."""
 
     name = "vastai"
+    catalog = VAST_CATALOG
+    id_prefix: str | None = None
 
     def __init__(self, cloud: SimulatedCloud) -> None:
         self.cloud = cloud
@@ -475,33 +493,54 @@ class VastDialect:
 
     # ---- search and create ---------------------------------------------------------------
 
-    def _offers(self, types: list[InstanceTypeOffer], bid: bool) -> list[dict[str, Any]]:
+    def _offers(self, available: list[InstanceTypeOffer] | None,
+                bid: bool) -> list[dict[str, Any]]:
+        """The asks of the market, those in ``available`` (the cloud's catalog: a sold-out
+        region is missing from it) rendered as search results.
+
+        Ask ids are numbered over every type and region the cloud knows, sold out or
+        not, so an id always names the same machine: one taken from an earlier search
+        and accepted after its region sold out is refused with Vast's ``no_such_ask``,
+        never moved to another place.
+        """
+        with self.cloud._lock:
+            types = list(self.cloud._types.values())
+        open_regions = ({o.name: set(o.regions) for o in available}
+                        if available is not None else None)
         offers: list[dict[str, Any]] = []
         for ti, offer in enumerate(types):
-            gpus = offer.gpus or 1
-            self._gpus[offer.name] = gpus
-            ram = re.search(r"(\d+)\s*GB", offer.gpu_description or "")
-            gpu_ram = int(ram.group(1)) * 1024 if ram else 24576
-            min_bid = offer.spot_price_per_hour or round(offer.price_per_hour * 0.4, 6)
+            self._gpus[offer.name] = offer.gpus or 1
             for ri, region in enumerate(offer.regions):
                 ask_id = _ASK_BASE + ti * 100 + ri
                 self._asks[ask_id] = (offer.name, region)
-                offers.append({
-                    "id": ask_id, "ask_contract_id": ask_id, "bundle_id": ask_id + 500_000,
-                    "machine_id": 40000 + ti * 100 + ri, "host_id": 700 + ti,
-                    "gpu_name": _gpu_display(offer.name), "num_gpus": gpus,
-                    "gpu_ram": gpu_ram, "gpu_total_ram": gpu_ram * gpus,
-                    "dph_total": min_bid if bid else offer.price_per_hour,
-                    "dph_base": offer.price_per_hour, "min_bid": min_bid,
-                    "geolocation": region, "rentable": True, "rented": False,
-                    "verification": "verified", "reliability2": 0.995, "reliability": 0.995,
-                    "disk_space": 500.0, "cuda_max_good": 12.4, "cpu_cores": 32,
-                    "cpu_ram": 131072, "inet_down": 1000.0, "inet_up": 1000.0,
-                    "direct_port_count": 100, "external": False, "static_ip": True,
-                    "is_bid": bid, "hosting_type": 1, "gpu_arch": "nvidia",
-                    "cpu_arch": "amd64",
-                })
+                if open_regions is None or region in open_regions.get(offer.name, ()):
+                    offers.append(self._ask(offer, region, ask_id, ti * 100 + ri, bid))
         return offers
+
+    @staticmethod
+    def _ask(offer: InstanceTypeOffer, region: str, ask_id: int, serial: int,
+             bid: bool) -> dict[str, Any]:
+        """One ask as ``POST /bundles/`` shows it, at its region's price."""
+        gpus = offer.gpus or 1
+        ram = re.search(r"(\d+)\s*GB", offer.gpu_description or "")
+        gpu_ram = int(ram.group(1)) * 1024 if ram else 24576
+        price = region_price(offer, region)
+        min_bid = offer.spot_price_per_hour or round(price * 0.4, 6)
+        return {
+            "id": ask_id, "ask_contract_id": ask_id, "bundle_id": ask_id + 500_000,
+            "machine_id": 40000 + serial, "host_id": 700 + serial // 100,
+            "gpu_name": _gpu_display(offer.name), "num_gpus": gpus,
+            "gpu_ram": gpu_ram, "gpu_total_ram": gpu_ram * gpus,
+            "dph_total": min_bid if bid else price,
+            "dph_base": price, "min_bid": min_bid,
+            "geolocation": region, "rentable": True, "rented": False,
+            "verification": "verified", "reliability2": 0.995, "reliability": 0.995,
+            "disk_space": 500.0, "cuda_max_good": 12.4, "cpu_cores": 32,
+            "cpu_ram": 131072, "inet_down": 1000.0, "inet_up": 1000.0,
+            "direct_port_count": 100, "external": False, "static_ip": True,
+            "is_bid": bid, "hosting_type": 1, "gpu_arch": "nvidia",
+            "cpu_arch": "amd64",
+        }
 
     @staticmethod
     def _norm(field: str) -> Callable[[Any], Any]:
@@ -601,9 +640,7 @@ class VastDialect:
             # An ask exists whether or not this client searched for it first (the SDK
             # is often handed an id from the console or an earlier run): number the
             # market afresh, as a search would, without counting it as one.
-            with self.cloud._lock:
-                types = list(self.cloud._types.values())
-            self._offers(types, bid=False)
+            self._offers(None, bid=False)
             target = self._asks.get(ask_id)
         if target is None:
             return _fail(404, "invalid_args", f"error 404/3603: no_such_ask Instance type by "
