@@ -322,7 +322,8 @@ def test_gpu_types(rig: Rig) -> None:
     query = """query($n: Int) { gpuTypes { id displayName memoryInGb securePrice
       lowestPrice(input: {gpuCount: $n}) { uninterruptablePrice minimumBidPrice stockStatus } } }"""
     gpus = {g["id"]: g for g in rig.data(query, n=1)["gpuTypes"]}
-    assert list(gpus) == [A40, "NVIDIA H100 80GB HBM3", "NVIDIA B200"]
+    assert list(gpus) == [A40, "NVIDIA A100 80GB PCIe", "NVIDIA H100 80GB HBM3", "NVIDIA B200"]
+    assert gpus["NVIDIA A100 80GB PCIe"]["lowestPrice"]["minimumBidPrice"] == 0.82  # its spot
     assert gpus[A40] == {"id": A40, "displayName": "A40", "memoryInGb": 48,
                          "securePrice": 0.44,
                          "lowestPrice": {"uninterruptablePrice": 0.44,

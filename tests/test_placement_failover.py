@@ -245,3 +245,73 @@ def _arrange(sim: SimulatedCloud, outcome: str) -> None:
                 real(request)  # the machine exists; the process dies before writing it
             raise Crash
         sim.launch = launch  # type: ignore[method-assign]
+
+
+def _needs_image(sim: SimulatedCloud) -> None:
+    """This provider, like Vast or RunPod, launches containers: no image, no launch."""
+    real = sim.validate
+
+    def validate(spec: Any) -> None:
+        if spec.image is None:
+            raise ValidationError("image", f"required: {sim.name} launches an image")
+        real(spec)
+    sim.validate = validate  # type: ignore[method-assign]
+
+
+def test_offers_whose_provider_refuses_the_spec_are_skipped_before_anything_is_sent(
+        world: Any) -> None:
+    fleet, sims, _ = world
+    _needs_image(sims[0])
+    record = fleet.launch(A100, template=TEMPLATE)
+    assert record.provider == "beta"  # alpha, the cheapest, was never tried
+    assert [r.provider for r in fleet.store.attempts(record.placement_id)] == ["beta"]
+    assert sims[0].calls["launch"] == 0
+
+
+def test_a_spec_no_provider_can_launch_is_one_usage_error_naming_each_need(
+        world: Any) -> None:
+    fleet, sims, _ = world
+    for sim in sims:
+        _needs_image(sim)
+    with pytest.raises(ValidationError) as caught:
+        fleet.launch(A100, template=TEMPLATE)
+    assert caught.value.field == "template"
+    assert all(f"{s.name}: image: required" in str(caught.value) for s in sims)
+    assert fleet.store.list_placements() == [] and fleet.list() == []
+
+
+def test_a_cancelled_placement_keeps_nothing_not_even_a_machine_that_turns_up_later(
+        world: Any) -> None:
+    """SkyPilot #4410: cancelling a recovering job leaked its machines. Cancelling a
+    placement fails it first, then terminates every attempt's machine, the winner too,
+    and the reconciler terminates one that turns up afterwards."""
+    fleet, sims, clock = world
+    sims[0].lag_reads(300)
+    sims[0].fail_next("launch", "timeout", after_work=True)
+    record = fleet.launch(A100, template=TEMPLATE)
+    ended = {r.id: r for r in fleet.cancel_placement(record.placement_id,
+                                                      reason="user gave up")}
+    assert ended[record.id].state in (S.TERMINATING, S.TERMINATED)  # the winner too
+    assert fleet.store.get_placement(record.placement_id).state is PlacementState.PLACED
+    clock.advance(400)
+    for _ in range(4):
+        Reconciler(fleet).run_once()
+        clock.advance(60)
+    assert billing(sims) == []
+    assert not any(r.billable for r in fleet.store.attempts(record.placement_id))
+
+
+def test_a_placement_cancelled_while_it_tries_stops_trying(world: Any) -> None:
+    fleet, sims, _ = world
+    fleet.catalog.offers()
+    sims[0].sell_out()
+
+    def cancel_on_refusal(op: str) -> None:  # another thread cancels at the first launch
+        if op == "launch":
+            (placement,) = fleet.store.list_placements()
+            fleet.store.fail_placement(placement.id, reason="cancelled by the user",
+                                       at=fleet.clock.now())
+    sims[0]._on_call = cancel_on_refusal
+    with pytest.raises(PlacementFailed, match="cancelled by the user"):
+        fleet.launch(A100, template=TEMPLATE)
+    assert sims[1].calls["launch"] == 0 and sims[2].calls["launch"] == 0

@@ -46,6 +46,10 @@ class Provider:
     #: The launch options that ask for a spot/bid (interruptible) machine; empty: the
     #: provider sells none. Placement adds them when it tries an interruptible offer.
     spot_options: tuple[tuple[str, object], ...] = ()
+    #: Whether a launch takes SSH key *names*. False: the provider installs the keys
+    #: registered on the account itself (Vast, RunPod, Novita), so placement leaves a
+    #: template's key names out there instead of refusing the offer.
+    takes_ssh_key_names: bool = True
 
 
 def _registry(*providers: Provider) -> Mapping[str, Provider]:
@@ -67,15 +71,15 @@ PROVIDERS: Mapping[str, Provider] = _registry(
              "gpufsm.adapters.novita:NovitaAdapter",
              "gpufsm.testing.emulators.novita:NovitaDialect",
              "NOVITA_API_KEY", "novita_api_key", "novita_base_url", "https://api.novita.ai",
-             spot_options=(("billingMode", "spot"),)),
+             spot_options=(("billingMode", "spot"),), takes_ssh_key_names=False),
     Provider("runpod", "RunPod",
              "gpufsm.adapters.runpod:RunPodAdapter",
              "gpufsm.testing.emulators.runpod:RunPodDialect",
              "RUNPOD_API_KEY", "runpod_api_key", "runpod_base_url", "https://rest.runpod.io",
-             spot_options=(("interruptible", True),)),
+             spot_options=(("interruptible", True),), takes_ssh_key_names=False),
     Provider("vastai", "Vast.ai",
              "gpufsm.adapters.vastai:VastAdapter",
              "gpufsm.testing.emulators.vastai:VastDialect",
              "VAST_API_KEY", "vast_api_key", "vast_base_url", "https://console.vast.ai",
-             spot_options=(("interruptible", True),)),
+             spot_options=(("interruptible", True),), takes_ssh_key_names=False),
 )

@@ -44,6 +44,14 @@ class Emulator:
         except urllib.error.HTTPError as exc:
             raise AssertionError(f"admin {method} {path}: {exc.code} {exc.read()!r}") from None
 
+    def provider_json(self, path: str, key: str) -> Any:
+        """A GET on the provider API itself, decoded without any client: what the
+        client under test must parse (so a test compares the two, not a copied list)."""
+        req = urllib.request.Request(f"{self.url}{path}",
+                                     headers={"Authorization": f"Bearer {key}"})
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return json.loads(resp.read())
+
     # The admin calls the compatibility tests need, by name.
     def state(self) -> dict[str, Any]:
         return dict(self.admin("GET", "state"))

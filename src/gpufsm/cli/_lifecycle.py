@@ -54,6 +54,7 @@ from gpufsm.fleet import Fleet
 from gpufsm.machines import Event, InstanceState
 from gpufsm.notify import TransitionEvent
 from gpufsm.reconcile import DestroyTarget, destroy_all, destroy_targets
+from gpufsm.specs import InstanceSpec
 from gpufsm.store import InstanceRecord, SqlInstanceStore
 
 __all__ = ["COMMAND_TARGETS", "destroy_everything", "instance_command", "launch_instance",
@@ -115,14 +116,7 @@ def launch_instance(flags: SpecFlags, *, database_url: str | None, wait: bool,
         try:
             record = fleet.launch(what, template=template, reason="gpufsm launch")
         except KeyboardInterrupt:
-            written = heard.first(Event.LAUNCH)
-            if written is None:
-                stderr.print("interrupted before the launch was recorded or sent",
-                             highlight=False)
-            else:
-                stderr.print(f"interrupted during the launch call: "
-                             f"{billing_note(fleet.get(written.instance_id))}",
-                             highlight=False)
+            _interrupted(fleet, heard.first(Event.LAUNCH))
             return 130
         except ProviderError as exc:
             error_line(exc)
@@ -141,7 +135,8 @@ def launch_instance(flags: SpecFlags, *, database_url: str | None, wait: bool,
         except StoreError as exc:
             if heard.first(Event.LAUNCH) is not None:
                 raise
-            error_line(f"could not record the new instance, so nothing was sent: {exc}")
+            to = f" to {what.provider}" if isinstance(what, InstanceSpec) else ""
+            error_line(f"could not record the new instance, so nothing was sent{to}: {exc}")
             return EXIT_FAILURE
         finally:
             heard.close()
@@ -167,6 +162,21 @@ def launch_instance(flags: SpecFlags, *, database_url: str | None, wait: bool,
         stderr.print(f"{record.id[:8]} RUNNING at {record.ip or '(no ip reported)'}",
                      highlight=False)
         return EXIT_OK
+
+
+def _interrupted(fleet: Fleet, written: TransitionEvent | None) -> None:
+    """Ctrl-C during a launch: say what was left. A placement the user gave up is
+    cancelled: every attempt's machine terminated, and one that turns up later too."""
+    if written is None:
+        stderr.print("interrupted before the launch was recorded or sent", highlight=False)
+        return
+    placement = fleet.get(written.instance_id).placement_id
+    if placement is None:
+        stderr.print(f"interrupted during the launch call: "
+                     f"{billing_note(fleet.get(written.instance_id))}", highlight=False)
+        return
+    for row in fleet.cancel_placement(placement, reason="gpufsm launch interrupted"):
+        stderr.print(f"interrupted: {billing_note(row)}", highlight=False)
 
 
 @handled

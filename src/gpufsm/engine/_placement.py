@@ -75,23 +75,29 @@ def place(engine: Engine, catalog: Catalog, requirements: Requirements | Mapping
     requirements = parse_requirements(requirements)
     policy = policy or PlacementPolicy()
     base = check_template(template or {})
+    offers, skipped = _candidates(engine, catalog, requirements)
+    tries, invalid = _launchable(engine, offers, base, requirements)
+    if offers and not tries:  # the spec suits no provider on offer: say what each needs
+        raise ValidationError("template", "no offer can be launched as given: "
+                              + "; ".join(invalid))
     now = engine.clock.now()
     placement = engine.store.open_placement(PlacementRecord(
         id=str(uuid.uuid4()), requirements=requirements.model_dump(mode="json"),
         template=_stored_template(base), state=PlacementState.OPEN, created_at=now,
         updated_at=now, name=base.get("name")))
-    offers, skipped = _candidates(engine, catalog, requirements)
     attempts: list[tuple[str, str]] = []
-    for offer in offers:
+    for offer, spec in tries:
         stop = _limit_reached(engine, placement, attempts, policy)
         if stop is not None:
             skipped.append(stop)
             break
-        won = _winner(engine, placement.id)
-        if won is not None:
-            return won
-        got, why = _attempt(engine, placement.id, offer,
-                            spec=spec_for(base, offer, requirements), reason=reason,
+        current = engine.store.get_placement(placement.id)
+        if current.winner_id is not None:  # a reconciler adopted an earlier attempt
+            return engine.store.get(current.winner_id)
+        if current.state is PlacementState.FAILED:  # cancelled meanwhile: try no more
+            skipped.append(f"cancelled: {current.reason}")
+            break
+        got, why = _attempt(engine, placement.id, offer, spec=spec, reason=reason,
                             policy=policy, n=len(attempts) + 1)
         if got is not None:
             return got
@@ -102,7 +108,28 @@ def place(engine: Engine, catalog: Catalog, requirements: Requirements | Mapping
                                          "failed", at=engine.clock.now())
     if closed.winner_id is not None:  # a reconciler adopted an attempt's machine meanwhile
         return engine.store.get(closed.winner_id)
-    raise PlacementFailed(placement.id, tuple(attempts), tuple(skipped))
+    raise PlacementFailed(placement.id, tuple(attempts), (*invalid, *skipped))
+
+
+def _launchable(engine: Engine, offers: list[Offer], template: Mapping[str, Any],
+                requirements: Requirements) -> tuple[list[tuple[Offer, InstanceSpec]],
+                                                     list[str]]:
+    """Each offer's spec, checked by its adapter before anything is written or sent
+    (Lambda wants one SSH key, the container clouds an image …); the offers whose spec
+    a provider refuses are left out, one line per provider and reason."""
+    tries: list[tuple[Offer, InstanceSpec]] = []
+    refused: dict[tuple[str, str], int] = {}
+    for offer in offers:
+        try:
+            spec = spec_for(template, offer, requirements)
+            engine._adapter(offer.provider).validate(spec)
+        except ValidationError as exc:
+            key = (offer.provider, str(exc))
+            refused[key] = refused.get(key, 0) + 1
+            continue
+        tries.append((offer, spec))
+    return tries, [f"{provider}: {why} ({n} offer(s) skipped)"
+                   for (provider, why), n in refused.items()]
 
 
 def check_template(template: Mapping[str, Any]) -> dict[str, Any]:
@@ -121,14 +148,17 @@ def check_template(template: Mapping[str, Any]) -> dict[str, Any]:
 
 def spec_for(template: Mapping[str, Any], offer: Offer, requirements: Requirements
              ) -> InstanceSpec:
-    """The launch spec of one offer: the template, plus what the offer chose."""
+    """The launch spec of one offer: the template, plus what the offer chose; SSH key
+    names left out where the provider installs the account's keys and takes none."""
     data = dict(template)
     data.update(provider=offer.provider, instance_type=offer.instance_type,
                 region=offer.region, gpu_count=offer.count)
     if requirements.max_price_per_hour is not None and data.get("max_price_per_hour") is None:
         data["max_price_per_hour"] = requirements.max_price_per_hour
+    known = PROVIDERS.get(offer.provider)
+    if known is not None and not known.takes_ssh_key_names:
+        data.pop("ssh_key_names", None)  # it installs the account's keys itself
     if offer.interruptible:
-        known = PROVIDERS.get(offer.provider)
         data["options"] = {**dict(known.spot_options if known else ()),
                            **dict(data.get("options") or {})}
     return parse_spec(data)
@@ -177,13 +207,6 @@ def _limit_reached(engine: Engine, placement: PlacementRecord, attempts: list[An
     if spent >= policy.max_seconds:
         return f"stopped after {spent:.0f}s (max_seconds {policy.max_seconds:.0f})"
     return None
-
-
-def _winner(engine: Engine, placement_id: str) -> InstanceRecord | None:
-    """The winner's row, if a machine of this placement already won (a reconciler
-    adopted an earlier attempt whose outcome was unknown)."""
-    won = engine.store.get_placement(placement_id).winner_id
-    return None if won is None else engine.store.get(won)
 
 
 def _attempt(engine: Engine, placement_id: str, offer: Offer, *, spec: InstanceSpec,
