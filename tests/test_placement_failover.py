@@ -315,3 +315,17 @@ def test_a_placement_cancelled_while_it_tries_stops_trying(world: Any) -> None:
     with pytest.raises(PlacementFailed, match="cancelled by the user"):
         fleet.launch(A100, template=TEMPLATE)
     assert sims[1].calls["launch"] == 0 and sims[2].calls["launch"] == 0
+
+
+def test_a_session_of_a_placement_ends_every_attempt(world: Any) -> None:
+    fleet, sims, clock = world
+    sims[0].lag_reads(300)
+    sims[0].fail_next("launch", "timeout", after_work=True)  # alpha: unknown, tracked
+    with fleet.session(A100, template=TEMPLATE, timeout=600, poll_interval=5) as record:
+        assert (record.provider, record.state) == ("beta", S.RUNNING)
+    assert fleet.get(record.id).state in (S.TERMINATING, S.TERMINATED)
+    clock.advance(400)
+    for _ in range(4):
+        Reconciler(fleet).run_once()
+        clock.advance(60)
+    assert billing(sims) == []

@@ -202,10 +202,9 @@ class Fleet(Engine):
         or the TrackedInstance a reconcile pass holds) with what was seen. What
         ``observe_batched`` could not do goes through ``observe``, in order.
 
-        Returns the row after its observation, of the kind given (a TrackedInstance
-        stays a TrackedInstance). ``on_error(instance_id, exc)``, when given, hears of
-        an instance whose observation failed, and its row is returned as given; without
-        it the first failure is raised, as a loop over ``observe`` would raise it.
+        Returns each row after, of the kind given. ``on_error(instance_id, exc)`` hears
+        of an observation that failed (its row is returned as given); without it the
+        first failure is raised, as a loop over ``observe`` would raise it.
         """
         who = actor or self.actor
         results = self.observe_batched(items, actor=who)
@@ -234,8 +233,7 @@ class Fleet(Engine):
         kind given), or None when the item is left to ``observe``: another thread holds
         the row, it moved since it was read, or its write failed.
 
-        When ``observe`` is overridden (a subclass, a test double) every entry is None:
-        an override must see every observation.
+        When ``observe`` is overridden (a subclass, a test double) every entry is None.
         """
         return [None if o is None else o.after
                 for o in self._observe_outcomes(items, actor or self.actor)]
@@ -280,21 +278,23 @@ class Fleet(Engine):
                                poll_interval=poll_interval, on_progress=on_progress)
 
     @contextmanager
-    def session(self, spec: InstanceSpec | Mapping[str, Any], *, timeout: float = 1800.0,
+    def session(self, spec: InstanceSpec | Mapping[str, Any] | Requirements, *,
+                template: Mapping[str, Any] | None = None, timeout: float = 1800.0,
                 poll_interval: float = 5.0, on_progress: ProgressCallback | None = None,
                 ) -> Iterator[InstanceRecord]:
-        """Launch, wait for RUNNING, yield, and always terminate — also on Ctrl-C.
-
-        A failed terminate in clean-up is logged, not raised over the body's own error;
-        the row is TERMINATING by then, so the reconciler finishes the job.
-        """
-        record = self.launch(spec)
+        """Launch (a spec, or Requirements with a ``template``), wait for RUNNING, yield,
+        and always terminate, also on Ctrl-C: for a placement, every attempt's machine.
+        A failed terminate is logged, not raised over the body's own error (the row is
+        TERMINATING; the reconciler finishes the job)."""
+        record = self.launch(spec, template=template)
         try:
             yield self.wait_for(record.id, S.RUNNING, timeout=timeout,
                                 poll_interval=poll_interval, on_progress=on_progress)
         finally:
             try:
-                self.terminate(record.id, reason="session ended")
+                if record.placement_id is not None:
+                    self.cancel_placement(record.placement_id, reason="session ended")
+                else:
+                    self.terminate(record.id, reason="session ended")
             except GpufsmError:
-                log.exception("terminate of %s failed; the row is TERMINATING and the "
-                              "reconciler will retry", record.id)
+                log.exception("terminate of %s failed; the reconciler will retry", record.id)

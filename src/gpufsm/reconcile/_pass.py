@@ -165,8 +165,8 @@ class Reconciler:
         rows = self.fleet.store.get_many(i for i, _ in surplus)
         by_provider: dict[str, list[tuple[_Row, str]]] = {}
         for instance_id, why in surplus:
-            if instance_id in rows:
-                row = rows[instance_id]
+            row = rows.get(instance_id)
+            if row is not None and row.provider in self.fleet.adapters:  # else: blind
                 by_provider.setdefault(row.provider, []).append((row, why))
         for provider, ending in sorted(by_provider.items()):
             self._end_together(provider, ending, report)
