@@ -159,3 +159,14 @@ def test_a_claim_takes_exactly_the_rows_a_pass_watches(
     watched = {r.id for r in inserted
                if r.state in _WATCHED and _needs_watching(TrackedInstance.of(r))}
     assert claimed & mine == watched
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("2026-01-01 00:00:00", datetime(2026, 1, 1, tzinfo=UTC)),
+    ("2026-01-01 00:00:00.123456", datetime(2026, 1, 1, 0, 0, 0, 123456, tzinfo=UTC)),
+    ("2026-01-01 00:00:00.123", datetime(2026, 1, 1, 0, 0, 0, 123000, tzinfo=UTC)),
+    ("2026-01-01T02:00:00+02:00", datetime(2026, 1, 1, tzinfo=UTC)),
+])
+def test_sqlite_stamps_come_back_aware_and_in_utc(text: str, expected: datetime) -> None:
+    stamp = _columns._sqlite_stamp(text)
+    assert stamp == expected and stamp is not None and stamp.utcoffset() == timedelta(0)

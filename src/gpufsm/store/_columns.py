@@ -99,12 +99,22 @@ def _json_value(value: Any) -> Any:
 
 
 def _sqlite_stamp(value: str | datetime | None) -> datetime | None:
-    """SQLite keeps naive UTC text ("2026-01-01 00:00:00.000000"): the zone goes back on."""
+    """SQLite keeps naive UTC text ("2026-01-01 00:00:00.000000"): the zone goes back on.
+
+    The text as stored (19 or 26 characters, no offset) is parsed with its zone in one
+    call: a row has three stamps, and a pass reads 100k rows.
+    """
     if value is None:
         return None
     if isinstance(value, str):
+        if len(value) in _NAIVE_LENGTHS:
+            return datetime.fromisoformat(value + "+00:00")
         value = datetime.fromisoformat(value)
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+#: "YYYY-MM-DD HH:MM:SS" and "YYYY-MM-DD HH:MM:SS.ffffff": naive, as UtcDateTime stores.
+_NAIVE_LENGTHS = (19, 26)
 
 
 def _aware_stamp(value: datetime | None) -> datetime | None:
