@@ -55,18 +55,20 @@ class Sizes:
     pass_rounds: int
     daemon_instances: int
     daemon_rounds: int
+    placements: int  # concurrent placements per round (and plain launches beside them)
+    placement_rounds: int
 
 
 FULL = Sizes(engine_instances=1000, engine_seconds=0.3, rounds=9,
              memory_gpufsm=FULL_N, memory_transitions=10_000, load_rows=FULL_N, load_runs=3,
              persist_instances=1000, persist_seconds=0.6, batch=500,
              pass_http=10_000, pass_sim=FULL_N, pass_rounds=3,
-             daemon_instances=240, daemon_rounds=3)
+             daemon_instances=240, daemon_rounds=3, placements=100, placement_rounds=3)
 QUICK = Sizes(engine_instances=200, engine_seconds=0.15, rounds=3,
               memory_gpufsm=10_000, memory_transitions=1000, load_rows=10_000, load_runs=2,
               persist_instances=200, persist_seconds=0.2, batch=100,
               pass_http=10_000, pass_sim=10_000, pass_rounds=1,
-              daemon_instances=120, daemon_rounds=1)
+              daemon_instances=120, daemon_rounds=1, placements=50, placement_rounds=1)
 
 #: What each answer of the emulator waits in the daemons row, as a remote API would
 #: (Lambda's answer in 0.2-0.5 s): daemons scale by overlapping these waits.
@@ -324,6 +326,63 @@ def daemon_rows(sizes: Sizes, pg_url: str | None, pg_reason: str | None) -> list
         f"share this host's {os.cpu_count()} cores with the emulator and PostgreSQL")]
 
 
+def placement_rows(sizes: Sizes, work: Path, pg_url: str | None) -> list[Figure]:
+    from bench_placement import (
+        LAUNCH_REQUESTS,
+        describe_burst,
+        describe_ops,
+        postgres_databases,
+        run_api_calls,
+        run_concurrent,
+        sqlite_databases,
+    )
+
+    section = "placement"
+    calls = run_api_calls(f"sqlite:///{work / 'placement-calls.db'}")
+    per_attempt = ", ".join(f"{p} {n}" for p, n in sorted(LAUNCH_REQUESTS.items()))
+    rows = [Figure(
+        section, "API calls of one placement, 4 providers on loopback emulators, the 3 "
+        "cheapest offers refusing", f"{calls.total}",
+        "the same + one GET per matching offer (naive)", f"{calls.naive}",
+        f"{calls.total / calls.naive:.2f}x", "≤ catalog + attempts + settlements, "
+        "no GET per offer", "PASS" if calls.ok else "FAIL",
+        f"catalog, read once: {describe_ops(calls.catalog)} = {calls.catalog_calls} "
+        f"(RunPod's catalog is 2 requests: the v2 catalog and the GraphQL spot prices); "
+        f"the placement: {describe_ops(calls.placement)}; attempts in order: "
+        + "; ".join(f"{i}. {what}" for i, (_, what) in enumerate(calls.attempts, 1))
+        + f"; refusals arranged: {' / '.join(calls.refused)}; bound = "
+        f"{calls.catalog_calls} catalog + {calls.launch_requests} launch requests "
+        f"({len(calls.attempts)} attempts; requests per launch: {per_attempt}) + "
+        f"{calls.settlements} settlements = {calls.bound}; counting each attempt as one "
+        f"request the bound would be {calls.strict_bound}; GETs of an offer or instance "
+        f"and catalogs read again: {calls.gets}; {calls.matching} offers could be tried; "
+        f"Lambda's are left out before any call (its adapter refuses a container image, "
+        f"which the three container clouds require); the emulators answered "
+        f"{sum(calls.answered.values())} requests, the adapters sent "
+        f"{sum(calls.sent.values())}; placement wall time {calls.seconds * 1000:.0f} ms")]
+    backend = "SQLite" if pg_url is None else "PostgreSQL"
+    db = sqlite_databases(work) if pg_url is None else postgres_databases(pg_url)
+    conc = run_concurrent(db, placements=sizes.placements, rounds=sizes.placement_rounds)
+    place_rate = statistics.median(b.rate for b in conc.placements)
+    plain_rate = statistics.median(b.rate for b in conc.launches)
+    errors = conc.errors
+    rows.append(Figure(
+        section, f"{sizes.placements} concurrent placements ({conc.workers} threads, one "
+        f"Fleet, {backend}), random refusals, then reconcile", f"{place_rate:,.1f} /s",
+        "plain fleet.launch(spec) of the cheapest offer, same threads, no faults",
+        f"{plain_rate:,.1f} /s", f"{conc.ratio:.2f}x", "0 double launches, 0 leaked "
+        "machines", "PASS" if conc.ok else "FAIL",
+        f"{conc.doubles} double launches (a request with two live machines once the "
+        f"passes settled), {conc.leaked} leaked machines (live on an emulator, held by no "
+        f"live billable row), {len(errors)} unexpected errors"
+        + (f" (first: {errors[0]})" if errors else "")
+        + f"; last round: {describe_burst(conc.placements[-1])}; "
+        f"PlacementPolicy(block_for=0): a refusal is one request's, not the offer's for "
+        f"the run; ratio {min(conc.ratios):.2f}-{max(conc.ratios):.2f} over "
+        f"{len(conc.ratios)} round(s), wall time, each side on a fresh world"))
+    return rows
+
+
 # ---- report --------------------------------------------------------------------------------
 
 _COLUMNS = ("#", "figure", "gpufsm", "baseline (same run)", "baseline", "ratio", "target",
@@ -501,6 +560,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "raw psycopg", sizes.batch))
         step("reconcile passes", lambda: reconcile_rows(sizes, work))
         step("daemons on PostgreSQL", lambda: daemon_rows(sizes, pg_url, pg_reason))
+        step("placement", lambda: placement_rows(sizes, work, pg_url))
 
     took = time.perf_counter() - started
     machine = replace(machine, load_after=load_average())

@@ -58,7 +58,7 @@ def observe_batch(engine: Engine, items: Sequence[tuple[Any, Observation]], acto
     results: list[Outcome | None] = [None] * len(items)
     plans: list[_Plan] = []
     probing: list[_Plan] = []
-    for plan in _planned(engine, items, now):
+    for plan in _planned(engine, items, now, results):
         (probing if plan.decision.needs is Need.PROBES else plans).append(plan)
     plans.extend(_probed(engine, probing, now))
     plans.sort(key=lambda p: p.index)
@@ -71,17 +71,24 @@ def observe_batch(engine: Engine, items: Sequence[tuple[Any, Observation]], acto
     return results
 
 
-def _planned(engine: Engine, items: Sequence[tuple[Any, Observation]], now: datetime
-             ) -> list[_Plan]:
-    """Every item decided. A slim row that cannot tell (``needs`` the record) is decided
-    again on its full record; those records are read together, in one query per
-    thousand rows, not one read each."""
+def _planned(engine: Engine, items: Sequence[tuple[Any, Observation]], now: datetime,
+             results: list[Outcome | None]) -> list[_Plan]:
+    """Every item decided. An item with nothing to write or say is done at once (its
+    Outcome in ``results``: most rows of a pass, so no plan is made for them). A slim
+    row that cannot tell (``needs`` the record) is decided again on its full record;
+    those records are read together, in one query per thousand rows."""
     plans: list[_Plan] = []
     slim: list[_Plan] = []
     for i, (row, observation) in enumerate(items):
-        plan = _decided(engine, _Plan(i, row, observation, NOTHING), now)
-        if plan is None:
+        try:
+            decision = decide_for(engine, row, observation, now=now)
+        except Exception:  # the single path meets the same row again, and reports it
+            log.debug("deciding the observation of %s failed", row.id, exc_info=True)
             continue
+        if decision is NOTHING:
+            results[i] = Outcome(row)
+            continue
+        plan = _Plan(i, row, observation, decision)
         needs_record = (plan.decision.needs is not None
                         and not isinstance(row, InstanceRecord))
         (slim if needs_record else plans).append(plan)
