@@ -154,6 +154,25 @@ def history(instance_id: Annotated[str, typer.Argument(
 
 
 @app.command()
+def cost(
+    since: Annotated[str | None, typer.Option(
+        help="Only spend from this date (2026-12-01) or date and time (2026-12-01T09:30), "
+        "UTC unless an offset is given.")] = None,
+    by: Annotated[str, typer.Option(help="Group by provider, name or type.")] = "provider",
+    database_url: DatabaseOpt = None, as_json: JsonOpt = False,
+) -> None:
+    """What each machine cost, from the transition history, and the fleet's burn $/h.
+
+    Figures resting on an estimate are marked * with the reason. Read-only: no
+    provider is called. Exit 2 for a bad --since or --by.
+    """
+    from gpufsm.cli._cost import show_cost
+
+    raise typer.Exit(show_cost(database_url=database_url, since=since, by=by,
+                               as_json=as_json))
+
+
+@app.command()
 def reconcile(
     once: Annotated[bool, typer.Option("--once", help="One pass, print it, exit.")] = False,
     interval: Annotated[float | None, typer.Option(
