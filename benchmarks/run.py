@@ -284,8 +284,9 @@ def reconcile_rows(sizes: Sizes, work: Path) -> list[Figure]:
                _within([(sim.ratio, 3.0), (sim_wall, 2.0)]),
                f"{scaled}wall time, median {sim.spread}; {sim.drifted} rows drifted: "
                f"{sim.drifted - sim.actions} transitions committed in one batch, and "
-               f"{sim.actions} instances terminated one by one in the step (each commits "
-               f"TERMINATING, calls, reads the instance back and commits what it saw); the "
+               f"{sim.actions} instances terminated by the step (their intents committed in "
+               "one batch, then each called and read back, what the reads saw committed in "
+               "one more batch); the "
                f"simulated cloud's listing took {statistics.median(sim.listing) * factor:.2f} "
                f"s of it; " + _raw_note(sim, factor, "the same listing")),
         Figure(section, "API calls per pass", f"{calls:,}", "one GET per instance "

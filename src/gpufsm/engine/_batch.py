@@ -18,7 +18,7 @@ from typing import Any
 
 from gpufsm.adapters import Observation
 from gpufsm.engine._context import Engine
-from gpufsm.engine._decide import Row, facts_after, row_after
+from gpufsm.engine._decide import Row, decide, facts_after, row_after
 from gpufsm.engine._decision import NOTHING, Decision, Health, Need
 from gpufsm.engine._health import gate_health
 from gpufsm.engine._locks import Held
@@ -79,9 +79,15 @@ def _planned(engine: Engine, items: Sequence[tuple[Any, Observation]], now: date
     those records are read together, in one query per thousand rows."""
     plans: list[_Plan] = []
     slim: list[_Plan] = []
+    windows: dict[str, float] = {}  # one look-up per provider, not one per row
+    grace = engine.command_grace
     for i, (row, observation) in enumerate(items):
         try:
-            decision = decide_for(engine, row, observation, now=now)
+            window = windows.get(row.provider)
+            if window is None:
+                window = windows[row.provider] = engine._window(row.provider)
+            decision = decide(row, observation, now=now, window=window,
+                              command_grace=grace)
         except Exception:  # the single path meets the same row again, and reports it
             log.debug("deciding the observation of %s failed", row.id, exc_info=True)
             continue

@@ -129,7 +129,13 @@ class RowReads(SqlBase):
                 query = query.where(_I.c.state.in_(bindparam("states", expanding=True)))
             self._lists[key] = query
         with self._tx() as conn, gc_paused():
-            return [read(r) for r in conn.execute(query, params)]
+            # The driver's own tuples: the columns are selected raw (no result processing
+            # to do), so SQLAlchemy's Row objects would only be made to be thrown away.
+            result = conn.execute(query, params)
+            try:
+                return [read(r) for r in result.cursor.fetchall()]
+            finally:
+                result.close()
 
     def history(self, instance_id: str) -> Sequence[TransitionRecord]:
         with self._tx() as conn:
