@@ -4,7 +4,7 @@ tag, whole lists (full records or the slim view a reconcile pass holds)."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from sqlalchemy import bindparam, select
 
@@ -135,7 +135,8 @@ class RowReads(SqlBase):
             # timestamp texts) beside the records being built: +75 MB at 100k rows.
             result = conn.execute(query, params)
             try:
-                return [read(r) for r in result.cursor]
+                rows = cast(Iterable[Sequence[Any]], result.cursor)  # DB-API cursors iterate
+                return [read(r) for r in rows]
             finally:
                 result.close()
 
