@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import getpass
 import os
+import re
 import shutil
 import signal
 import socket
@@ -225,6 +226,7 @@ def test_run_uploads_runs_downloads_and_terminates(env: Env, sshd: Sshd,
     assert "files-ok" in result.stdout  # the remote output is relayed
     assert "[2/2] $ mkdir -p out" in result.stderr
     assert "run succeeded" in result.stderr
+    assert re.search(r"cost \$\d+\.\d{4} \(from its history", result.stderr), result.stderr
     env.assert_terminated(env.only_instance())
 
 

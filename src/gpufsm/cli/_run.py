@@ -50,6 +50,7 @@ from gpufsm.cli._providers import build_adapters
 from gpufsm.config import Settings
 from gpufsm.errors import GpufsmError, ProviderError, ValidationError
 from gpufsm.fleet import Fleet
+from gpufsm.ledger import Ledger
 from gpufsm.machines import Event, InstanceState
 from gpufsm.notify import TransitionEvent
 from gpufsm.store import InstanceRecord
@@ -378,6 +379,7 @@ def run_job(flags: SpecFlags, options: RunOptions, *, database_url: str | None) 
     started = time.monotonic()
     row_id: str | None = None
     record: InstanceRecord | None = None
+    spent: Ledger | None = None
     code = EXIT_FAILURE
     try:
         with open_store(database_url) as store, Interrupts() as interrupts:
@@ -416,10 +418,24 @@ def run_job(flags: SpecFlags, options: RunOptions, *, database_url: str | None) 
                 if row_id is not None:
                     with interrupts.shielded(deliver=False):
                         record = _end(fleet, row_id, record) or record
+            spent = _spent(fleet, row_id) if row_id is not None else None
     finally:
         close_adapters(adapters)
-    _summary(record, code, time.monotonic() - started)
+    _summary(record, code, time.monotonic() - started, spent)
     return code
+
+
+def _spent(fleet: Fleet, row_id: str) -> Ledger | None:
+    """What the run's machines cost, from their transition history (the ledger): every
+    attempt's, for a placement. None if the database cannot say (the run's own
+    outcome matters more than its bill)."""
+    try:
+        row = fleet.get(row_id)
+        rows = fleet.store.attempts(row.placement_id) if row.placement_id else [row]
+        histories = fleet.store.history_many(r.id for r in rows)
+    except GpufsmError:
+        return None
+    return Ledger.of(rows, histories, now=fleet.clock.now())
 
 
 def _job(fleet: Fleet, record: InstanceRecord, provider: str, options: RunOptions) -> int:
@@ -456,9 +472,17 @@ def _job(fleet: Fleet, record: InstanceRecord, provider: str, options: RunOption
     return code
 
 
-def _summary(record: InstanceRecord | None, code: int, elapsed: float) -> None:
+def _summary(record: InstanceRecord | None, code: int, elapsed: float,
+             spent: Ledger | None) -> None:
     cost = ""
-    if record is not None and record.price_per_hour:
+    if spent is not None and spent.rows:
+        cost = f"; cost ${spent.total:.4f} (from its history"
+        if spent.burn_rate:
+            cost += f"; billing ${spent.burn_rate:.2f}/h until the terminate is confirmed"
+        if spent.estimates():
+            cost += "; partly estimated: " + ", ".join(sorted(spent.estimates()))
+        cost += ")"
+    elif record is not None and record.price_per_hour:
         cost = (f"; about ${record.price_per_hour * elapsed / 3600:.2f} at "
                 f"${record.price_per_hour:.2f}/h")
     state = f"; instance {record.id[:8]} {record.state.value}" if record else ""
