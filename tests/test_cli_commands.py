@@ -323,14 +323,15 @@ def test_destroy_all_with_a_failed_listing_does_nothing_and_says_so(env: Env) ->
 # ---- instances -------------------------------------------------------------------------------
 
 
-def test_instances_table_has_the_columns_and_an_age(env: Env) -> None:
+def test_instances_table_has_the_columns_and_an_uptime(env: Env) -> None:
     row_id = env.launch("--name", "tbl")
-    result = env.cli("instances")
+    result = env.cli("instances", "--wide")
     assert result.exit_code == 0
     header = result.stdout.splitlines()[1]
-    for col in ("id", "name", "provider", "state", "type", "region", "$/h", "IP", "age"):
+    for col in ("id", "name", "provider", "state", "type", "region", "$/h", "IP", "SSH",
+                "uptime", "cost"):
         assert col in header
-    assert row_id[:8] in result.stdout and "CREATED" in result.stdout
+    assert row_id in result.stdout and "CREATED" in result.stdout
     (row,) = json.loads(env.cli("instances", "--json").stdout)
     assert row["id"] == row_id and row["state"] == "CREATED"
     assert 0 <= row["age_seconds"] < 60

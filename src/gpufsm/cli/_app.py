@@ -130,17 +130,29 @@ def instances(database_url: DatabaseOpt = None, as_json: JsonOpt = False,
                   "--remote", help="Also ask the providers: instances they show that no "
                   "row tracks are listed as untracked, rows they do not show as missing."
               )] = False,
+              refresh: Annotated[bool, typer.Option(
+                  "--refresh", help="First list each provider once and apply what it "
+                  "shows to the rows (as the reconciler would, without ending any); also "
+                  "shows the SSH ports RunPod and Vast.ai map.")] = False,
+              show_all: Annotated[bool, typer.Option(
+                  "--all", help="Also the finished rows (TERMINATED, or FAILED and not "
+                  "billing).")] = False,
+              wide: Annotated[bool, typer.Option(
+                  "--wide", help="Every column at full width, none wrapped.")] = False,
               ) -> None:
-    """List the instances in the database (and, with --remote, on the providers).
+    """The fleet's status: state, SSH, uptime, cost so far, and the total $/h.
 
-    Exit 1 when the database does not exist (nothing is created), and with --remote
-    when a provider could not be listed (its rows are shown as '?').
+    Finished rows are hidden unless --all. SSH is user@ip -p port; the port is 22
+    unless --refresh (or --remote) read the provider's mapping. Ids, types, IPs and SSH
+    are never cut. Exit 1 when the database does not exist (nothing is created), and
+    with --remote or --refresh when a provider could not be listed (named on stderr).
     """
     from gpufsm.cli._fleetview import list_instances
 
     _check_providers([provider] if provider is not None else None)
     raise typer.Exit(list_instances(database_url=database_url, provider=provider,
-                                    as_json=as_json, remote=remote))
+                                    as_json=as_json, remote=remote, show_all=show_all,
+                                    wide=wide, refresh=refresh))
 
 
 @app.command()
@@ -313,9 +325,12 @@ def launch(
     option: OptionOpt = None, max_price: MaxPriceOpt = None, spec: SpecFileOpt = None,
     gpu: GpuOpt = None, interruptible: SpotOpt = False,
     wait: WaitOpt = False, timeout: TimeoutOpt = 1800.0, poll_interval: PollOpt = 5.0,
-    database_url: DatabaseOpt = None,
+    database_url: DatabaseOpt = None, as_json: JsonOpt = False,
 ) -> None:
     """Launch one instance and print its id (progress goes to stderr).
+
+    With --json, one JSON object instead (id, state, provider, provider_instance_id, ip,
+    the transition made, error), printed once the launch (and --wait) is over.
 
     Name the machine (--provider and --type), or ask for a GPU (--gpu A100:1): then the
     cheapest matching offer is tried, and on a capacity or quota refusal the next; exit
@@ -327,43 +342,53 @@ def launch(
                         env, port, option, max_price, spec, gpu=gpu,
                         interruptible=interruptible)
     raise typer.Exit(launch_instance(flags, database_url=database_url, wait=wait,
-                                     timeout=timeout, poll_interval=poll_interval))
+                                     timeout=timeout, poll_interval=poll_interval,
+                                     as_json=as_json))
 
 
 def _instance_command(verb: str, ids: list[str], database_url: str | None, wait: bool,
-                      timeout: float, poll_interval: float) -> None:
+                      timeout: float, poll_interval: float, as_json: bool) -> None:
     from gpufsm.cli._lifecycle import instance_command
 
     raise typer.Exit(instance_command(verb, ids, database_url=database_url, wait=wait,
-                                      timeout=timeout, poll_interval=poll_interval))
+                                      timeout=timeout, poll_interval=poll_interval,
+                                      as_json=as_json))
 
 
 @app.command()
 def start(ids: IdsArg, wait: WaitOpt = False, timeout: TimeoutOpt = 1800.0,
-          poll_interval: PollOpt = 5.0, database_url: DatabaseOpt = None) -> None:
+          poll_interval: PollOpt = 5.0, database_url: DatabaseOpt = None,
+          as_json: JsonOpt = False) -> None:
     """Start stopped instances (where the provider can stop and start)."""
-    _instance_command("start", ids, database_url, wait, timeout, poll_interval)
+    _instance_command("start", ids, database_url, wait, timeout, poll_interval, as_json)
 
 
 @app.command()
 def stop(ids: IdsArg, wait: WaitOpt = False, timeout: TimeoutOpt = 1800.0,
-         poll_interval: PollOpt = 5.0, database_url: DatabaseOpt = None) -> None:
+         poll_interval: PollOpt = 5.0, database_url: DatabaseOpt = None,
+         as_json: JsonOpt = False) -> None:
     """Stop instances (where the provider can; Lambda cannot)."""
-    _instance_command("stop", ids, database_url, wait, timeout, poll_interval)
+    _instance_command("stop", ids, database_url, wait, timeout, poll_interval, as_json)
 
 
 @app.command()
 def restart(ids: IdsArg, wait: WaitOpt = False, timeout: TimeoutOpt = 1800.0,
-            poll_interval: PollOpt = 5.0, database_url: DatabaseOpt = None) -> None:
+            poll_interval: PollOpt = 5.0, database_url: DatabaseOpt = None,
+            as_json: JsonOpt = False) -> None:
     """Restart (reboot) instances."""
-    _instance_command("restart", ids, database_url, wait, timeout, poll_interval)
+    _instance_command("restart", ids, database_url, wait, timeout, poll_interval, as_json)
 
 
 @app.command()
 def terminate(ids: IdsArg, wait: WaitOpt = False, timeout: TimeoutOpt = 1800.0,
-              poll_interval: PollOpt = 5.0, database_url: DatabaseOpt = None) -> None:
-    """Terminate instances; keeps going past failures, exit 1 if any failed."""
-    _instance_command("terminate", ids, database_url, wait, timeout, poll_interval)
+              poll_interval: PollOpt = 5.0, database_url: DatabaseOpt = None,
+              as_json: JsonOpt = False) -> None:
+    """Terminate instances; keeps going past failures, exit 1 if any failed.
+
+    One line per id; with --json (here and on start, stop, restart) a JSON array of one
+    object per id: id, state, provider, provider_instance_id, ip, transition, error.
+    """
+    _instance_command("terminate", ids, database_url, wait, timeout, poll_interval, as_json)
 
 
 @app.command()

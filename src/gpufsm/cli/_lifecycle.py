@@ -9,6 +9,7 @@ going past a failure and report each id on its own line, in the order given: wit
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
@@ -100,10 +101,41 @@ class _Heard:
         self._unsubscribe()
 
 
+def _row_json(record: InstanceRecord | None, *, given: str | None = None,
+              transition: TransitionEvent | None = None,
+              error: object = None) -> dict[str, object]:
+    """What ``--json`` prints for one instance an action command touched: the row as it
+    is after, the transition this command made (None if it made none), the error."""
+    made = None if transition is None else {
+        "from": transition.from_state.value if transition.from_state else None,
+        "to": transition.to_state.value,
+        "reissued": transition.from_state is transition.to_state}
+    out: dict[str, object] = {} if given is None else {"given": given}
+    return {**out, "id": record.id if record else None,
+            "state": record.state.value if record else None,
+            "provider": record.provider if record else None,
+            "provider_instance_id": record.provider_instance_id if record else None,
+            "ip": record.ip if record else None, "transition": made,
+            "error": None if error is None else str(error)}
+
+
+def _json_if(as_json: bool, record: InstanceRecord | None, *,
+             transition: TransitionEvent | None = None, error: object = None) -> None:
+    """With ``--json``, the one object a failed or finished launch prints."""
+    if as_json:
+        _print_json(_row_json(record, transition=transition, error=error))
+
+
+def _print_json(document: object) -> None:
+    sys.stdout.write(json.dumps(document, indent=2) + "\n")
+    sys.stdout.flush()
+
+
 @handled
 def launch_instance(flags: SpecFlags, *, database_url: str | None, wait: bool,
-                    timeout: float, poll_interval: float) -> int:
-    """Launch one instance; print its id on stdout (and only that).
+                    timeout: float, poll_interval: float, as_json: bool = False) -> int:
+    """Launch one instance; print its id on stdout (and only that), or with ``as_json``
+    one JSON object (the row, the transition made, any error) once it is over.
 
     Whatever way it ends, a row that was written is accounted for on stderr: FAILED and
     not billable, or "may bill" with the command that ends it. That includes Ctrl-C
@@ -120,48 +152,68 @@ def launch_instance(flags: SpecFlags, *, database_url: str | None, wait: bool,
             return 130
         except ProviderError as exc:
             error_line(exc)
-            if exc.instance_id is not None:
-                left = fleet.get(exc.instance_id)
+            left = fleet.get(exc.instance_id) if exc.instance_id is not None else None
+            if left is not None:
                 never_sent = isinstance(exc, TemporaryProviderError) and exc.not_sent
                 stderr.print(("nothing was sent; " if never_sent and not left.billable
                               else "") + billing_note(left), highlight=False)
+            _json_if(as_json, left, transition=heard.first(Event.LAUNCH), error=exc)
             return EXIT_FAILURE
         except PlacementFailed as exc:
             error_line(exc)  # one line per attempt: which offer, and why not
             stderr.print("nothing of this placement bills: an attempt whose outcome was "
                          "unknown is watched, and terminated if its machine turns up "
                          "(gpufsm reconcile)", highlight=False)
+            _json_if(as_json, None, error=exc)
             return EXIT_FAILURE
         except StoreError as exc:
             if heard.first(Event.LAUNCH) is not None:
                 raise
             to = f" to {what.provider}" if isinstance(what, InstanceSpec) else ""
             error_line(f"could not record the new instance, so nothing was sent{to}: {exc}")
+            _json_if(as_json, None, error=exc)
             return EXIT_FAILURE
         finally:
             heard.close()
         stderr.print(f"launched {record.id} on {record.provider} "
                      f"(provider id {record.provider_instance_id or 'not yet known'}, "
                      f"{record.state.value})", highlight=False)
-        sys.stdout.write(f"{record.id}\n")
-        sys.stdout.flush()
+        launched = heard.first(Event.LAUNCH)
+        if not as_json:
+            sys.stdout.write(f"{record.id}\n")
+            sys.stdout.flush()
         if not wait:
+            if as_json:
+                _print_json(_row_json(record, transition=launched))
             return EXIT_OK
-        try:
-            record = _wait(fleet, record, S.RUNNING, timeout=timeout,
-                           poll_interval=poll_interval)
-        except KeyboardInterrupt:
-            stderr.print(f"interrupted: {billing_note(fleet.get(record.id))}",
-                         highlight=False)
-            return 130
-        except GpufsmError as exc:
-            error_line(exc)
-            stderr.print(f"not terminated: {billing_note(fleet.get(record.id))}",
-                         highlight=False)
-            return EXIT_FAILURE
-        stderr.print(f"{record.id[:8]} RUNNING at {record.ip or '(no ip reported)'}",
-                     highlight=False)
-        return EXIT_OK
+        return _wait_launched(fleet, record, launched, timeout=timeout,
+                              poll_interval=poll_interval, as_json=as_json)
+
+
+def _wait_launched(fleet: Fleet, record: InstanceRecord, launched: TransitionEvent | None,
+                   *, timeout: float, poll_interval: float, as_json: bool) -> int:
+    """``launch --wait``: until RUNNING, and what was left if it never got there."""
+    try:
+        record = _wait(fleet, record, S.RUNNING, timeout=timeout,
+                       poll_interval=poll_interval)
+    except KeyboardInterrupt:
+        left = fleet.get(record.id)
+        stderr.print(f"interrupted: {billing_note(left)}", highlight=False)
+        if as_json:
+            _print_json(_row_json(left, transition=launched, error="interrupted"))
+        return 130
+    except GpufsmError as exc:
+        error_line(exc)
+        left = fleet.get(record.id)
+        stderr.print(f"not terminated: {billing_note(left)}", highlight=False)
+        if as_json:
+            _print_json(_row_json(left, transition=launched, error=exc))
+        return EXIT_FAILURE
+    stderr.print(f"{record.id[:8]} RUNNING at {record.ip or '(no ip reported)'}",
+                 highlight=False)
+    if as_json:
+        _print_json(_row_json(record, transition=launched))
+    return EXIT_OK
 
 
 def _interrupted(fleet: Fleet, written: TransitionEvent | None) -> None:
@@ -182,17 +234,20 @@ def _interrupted(fleet: Fleet, written: TransitionEvent | None) -> None:
 @handled
 def instance_command(verb: str, ids: Sequence[str], *, database_url: str | None,
                      wait: bool = False, timeout: float = 1800.0,
-                     poll_interval: float = 5.0) -> int:
+                     poll_interval: float = 5.0, as_json: bool = False) -> int:
     """``verb`` (start, stop, restart, terminate) on every id, past individual failures.
 
     One line per id on stdout: ``<id8>  RUNNING → TERMINATING`` (the transition this
     command made: ``TERMINATING → TERMINATING (re-issued)`` when another terminate got
-    there first) or ``<id>  error: …``. Exit 1 if any id failed, naming how many.
+    there first) or ``<id>  error: …``; with ``as_json`` instead a JSON array of one
+    object per id (the row after, the transition made, the error). Exit 1 if any id
+    failed, naming how many on stderr.
     """
     if verb not in COMMAND_TARGETS:
         raise ValueError(f"unknown command {verb!r}")
     given = list(dict.fromkeys(ids))  # the same id twice is one instance
-    failed = 0
+    say = _quiet if as_json else _line
+    report: list[dict[str, object]] = []
     with open_store(database_url, existing=True) as store:  # ids name rows that exist
         # Resolve every id first: the rows name the providers whose adapters we need.
         resolved: list[tuple[str, InstanceRecord | GpufsmError]] = []
@@ -206,43 +261,62 @@ def instance_command(verb: str, ids: Sequence[str], *, database_url: str | None,
             done: set[str] = set()
             for item, outcome in resolved:
                 if isinstance(outcome, GpufsmError):
-                    failed += 1
-                    _line(item, f"[red]error:[/red] {escape(str(outcome))}")
+                    say(item, f"[red]error:[/red] {escape(str(outcome))}")
+                    report.append(_row_json(None, given=item, error=outcome))
                 elif outcome.id not in done:
                     done.add(outcome.id)
                     assert fleet is not None
-                    failed += not _command_one(fleet, verb, outcome, wait=wait,
-                                               timeout=timeout, poll_interval=poll_interval)
+                    report.append({"given": item, **_command_one(
+                        fleet, verb, outcome, say, wait=wait, timeout=timeout,
+                        poll_interval=poll_interval)})
+    if as_json:
+        _print_json(report)
+    failed = sum(row["error"] is not None for row in report)
     if failed:
         stderr.print(f"{failed} of {len(given)} failed", highlight=False)
         return EXIT_FAILURE
     return EXIT_OK
 
 
-def _command_one(fleet: Fleet, verb: str, record: InstanceRecord, *, wait: bool,
-                 timeout: float, poll_interval: float) -> bool:
+def _command_one(fleet: Fleet, verb: str, record: InstanceRecord,
+                 say: Callable[[str, str], None], *, wait: bool, timeout: float,
+                 poll_interval: float) -> dict[str, object]:
+    """``verb`` on one row; ``say`` the outcome, and return it as ``--json`` shows it."""
     label = record.id[:8]
     heard = _Heard(fleet, record.id)
+    made: TransitionEvent | None = None
     try:
         command: Callable[..., InstanceRecord] = getattr(fleet, verb)
         after = command(record.id, reason=f"gpufsm {verb}")
         made = heard.first(Event(verb))
         if made is None:  # nothing to do: terminate of a row that is TERMINATED by now
-            _line(label, f"already {after.state.value}")
-            return True
+            say(label, f"already {after.state.value}")
+            return _row_json(after)
         before = made.from_state.value if made.from_state else "(new)"
         again = " (re-issued)" if made.from_state is made.to_state else ""
-        _line(label, f"{before} → {after.state.value}{again}")
+        say(label, f"{before} → {after.state.value}{again}")
         if wait and after.state is not COMMAND_TARGETS[verb]:
             after = _wait(fleet, after, COMMAND_TARGETS[verb], timeout=timeout,
                           poll_interval=poll_interval)
-            _line(label, after.state.value)
+            say(label, after.state.value)
     except GpufsmError as exc:
-        _line(label, f"[red]error:[/red] {escape(str(exc))}")
-        return False
+        say(label, f"[red]error:[/red] {escape(str(exc))}")
+        return _row_json(_reread(fleet, record), transition=made, error=exc)
     finally:
         heard.close()
-    return True
+    return _row_json(after, transition=made)
+
+
+def _reread(fleet: Fleet, record: InstanceRecord) -> InstanceRecord:
+    """The row after a failed command, or as it was read if it cannot be read now."""
+    try:
+        return fleet.get(record.id)
+    except GpufsmError:
+        return record
+
+
+def _quiet(label: str, text: str) -> None:
+    """``--json``: the lines are not printed; the JSON says it all."""
 
 
 def _line(label: str, text: str) -> None:

@@ -47,6 +47,7 @@ from gpufsm.cli._common import (
 )
 from gpufsm.cli._placing import what_to_launch
 from gpufsm.cli._providers import build_adapters
+from gpufsm.cli._ssh import DEFAULT_SSH_PORT, DEFAULT_SSH_USERS, ssh_user
 from gpufsm.config import Settings
 from gpufsm.errors import GpufsmError, ProviderError, ValidationError
 from gpufsm.fleet import Fleet
@@ -69,8 +70,6 @@ __all__ = [
 
 S = InstanceState
 
-#: Login user of each provider's stock images; anything else gets root.
-DEFAULT_SSH_USERS = {"lambda": "ubuntu"}
 
 
 class StepFailed(Exception):
@@ -325,14 +324,14 @@ def _check_local(options: RunOptions) -> None:
 def _ssh_port(fleet: Fleet, record: InstanceRecord) -> int:
     """The port the provider maps SSH to (RunPod and Vast map it); 22 when it says none."""
     if record.provider_instance_id is None:
-        return 22
+        return DEFAULT_SSH_PORT
     try:
         seen = fleet.adapters[record.provider].get(record.provider_instance_id)
     except ProviderError as exc:
         stderr.print(f"  could not read the SSH port ({exc}); trying 22", highlight=False,
                      markup=False)
-        return 22
-    return seen.ssh_port if seen is not None and seen.ssh_port else 22
+        return DEFAULT_SSH_PORT
+    return seen.ssh_port if seen is not None and seen.ssh_port else DEFAULT_SSH_PORT
 
 
 def _end(fleet: Fleet, row_id: str, record: InstanceRecord | None) -> InstanceRecord | None:
@@ -445,7 +444,7 @@ def _job(fleet: Fleet, record: InstanceRecord, provider: str, options: RunOption
     if not record.ip:
         raise StepFailed(f"{record.id[:8]} is RUNNING but the provider reports no IP")
     target = SshTarget(
-        user=options.ssh_user or DEFAULT_SSH_USERS.get(provider, "root"),
+        user=options.ssh_user or ssh_user(provider),
         host=record.ip,
         port=options.ssh_port or _ssh_port(fleet, record),
         key_file=options.ssh_key_file,
