@@ -55,6 +55,7 @@ from gpufsm.errors import GpufsmError
 from gpufsm.fleet import Fleet
 from gpufsm.ledger import InstanceCost, Ledger
 from gpufsm.machines import InstanceState
+from gpufsm.reconcile import live_row
 from gpufsm.store import InstanceRecord, SqlInstanceStore, TransitionRecord
 
 __all__ = ["GONE", "MISSING", "UNKNOWN", "UNTRACKED", "RemoteRow", "format_age",
@@ -222,11 +223,8 @@ def _apply(fleet: Fleet, rows: Sequence[RemoteRow]) -> None:
     for row in rows:
         if row.record is None or _finished(row.record):
             continue
-        if row.remote is not None:
+        if row.remote is not None:  # a failed listing (UNKNOWN) has nothing to apply
             items.append((row.record, Observation.present(row.remote)))
-        elif row.remote_status == UNKNOWN:
-            items.append((row.record, Observation.unknown("listing failed (instances "
-                                                          "--refresh)")))
 
     def failed(instance_id: str, exc: Exception) -> None:
         error_line(f"{instance_id[:8]}: not refreshed: {exc}")
@@ -235,8 +233,9 @@ def _apply(fleet: Fleet, rows: Sequence[RemoteRow]) -> None:
 
 
 def _finished(r: InstanceRecord) -> bool:
-    """Over and costing nothing: hidden from the status view unless --all."""
-    return r.state is S.TERMINATED or (r.state is S.FAILED and not r.billable)
+    """Over and costing nothing: hidden from the status view unless --all (what the
+    reconciler no longer watches: ``live_row``)."""
+    return not live_row(r)
 
 
 def _print_local(records: Sequence[InstanceRecord], ledger: Ledger, view: _View, *,

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Sequence
 
 from rich.markup import escape
 
 from gpufsm.cli._common import EXIT_OK, stdout
-from gpufsm.store import InstanceRecord, PlacementRecord, SqlInstanceStore
+from gpufsm.machines import InstanceState as S
+from gpufsm.store import InstanceRecord, PlacementRecord, SqlInstanceStore, TransitionRecord
 
 __all__ = ["find_placement", "show_placement"]
 
@@ -29,7 +31,9 @@ def find_placement(store: SqlInstanceStore, given: str) -> PlacementRecord | Non
 def show_placement(store: SqlInstanceStore, placement: PlacementRecord, *,
                    as_json: bool) -> int:
     attempts = store.attempts(placement.id)
-    outcomes = [(row, _outcome(store, placement, row)) for row in attempts]
+    histories = store.history_many(r.id for r in attempts)
+    outcomes = [(row, _outcome(placement, row, histories.get(row.id, ())))
+                for row in attempts]
     if as_json:
         sys.stdout.write(json.dumps({
             "placement": placement.id, "state": placement.state.value,
@@ -57,13 +61,12 @@ def show_placement(store: SqlInstanceStore, placement: PlacementRecord, *,
     return EXIT_OK
 
 
-def _outcome(store: SqlInstanceStore, placement: PlacementRecord, row: InstanceRecord
-             ) -> str:
+def _outcome(placement: PlacementRecord, row: InstanceRecord,
+             history: Sequence[TransitionRecord]) -> str:
     """How one attempt ended, in words: its last reason, or what it is now."""
     if row.id == placement.winner_id:
-        return "kept" + ("" if row.state.value != "TERMINATED" else " (since terminated)")
-    history = store.history(row.id)
-    last = next((h.reason for h in reversed(history) if h.reason), None)
-    if row.state.value == "CREATING" and row.billable:
+        return "kept" + (" (since terminated)" if row.state is S.TERMINATED else "")
+    if row.state is S.CREATING and row.billable:
         return "outcome unknown: watched; terminated if its machine turns up"
+    last = next((h.reason for h in reversed(history) if h.reason), None)
     return last or row.state.value

@@ -18,7 +18,7 @@ from typing import Any
 
 from gpufsm.adapters import Observation
 from gpufsm.engine._context import Engine
-from gpufsm.engine._decide import Row, decide, facts_after, row_after
+from gpufsm.engine._decide import Row, facts_after, row_after
 from gpufsm.engine._decision import NOTHING, Decision, Health, Need
 from gpufsm.engine._health import gate_health
 from gpufsm.engine._locks import Held
@@ -79,17 +79,9 @@ def _planned(engine: Engine, items: Sequence[tuple[Any, Observation]], now: date
     those records are read together, in one query per thousand rows."""
     plans: list[_Plan] = []
     slim: list[_Plan] = []
-    windows: dict[str, float] = {}  # one look-up per provider, not one per row
-    grace = engine.command_grace
     for i, (row, observation) in enumerate(items):
-        try:
-            window = windows.get(row.provider)
-            if window is None:
-                window = windows[row.provider] = engine._window(row.provider)
-            decision = decide(row, observation, now=now, window=window,
-                              command_grace=grace)
-        except Exception:  # the single path meets the same row again, and reports it
-            log.debug("deciding the observation of %s failed", row.id, exc_info=True)
+        decision = _decision(engine, row, observation, now)
+        if decision is None:
             continue
         if decision is NOTHING:
             results[i] = Outcome(row)
@@ -101,21 +93,22 @@ def _planned(engine: Engine, items: Sequence[tuple[Any, Observation]], now: date
     records = engine.store.get_many(p.row.id for p in slim) if slim else {}
     for plan in slim:
         plan.row = records.get(plan.row.id, plan.row)  # a vanished row: the single path
-        decided = _decided(engine, plan, now)
-        if decided is not None:
-            plans.append(decided)
+        again = _decision(engine, plan.row, plan.observation, now)
+        if again is not None:
+            plan.decision = again
+            plans.append(plan)
     return plans
 
 
-def _decided(engine: Engine, plan: _Plan, now: datetime) -> _Plan | None:
-    """``plan`` with its decision, or None when deciding failed (the single path meets
-    the same row again, and reports it)."""
+def _decision(engine: Engine, row: Row, observation: Observation, now: datetime
+              ) -> Decision | None:
+    """The row's decision, or None when deciding failed (the single path meets the same
+    row again, and reports it)."""
     try:
-        plan.decision = decide_for(engine, plan.row, plan.observation, now=now)
+        return decide_for(engine, row, observation, now=now)
     except Exception:
-        log.debug("deciding the observation of %s failed", plan.row.id, exc_info=True)
+        log.debug("deciding the observation of %s failed", row.id, exc_info=True)
         return None
-    return plan
 
 
 def _probed(engine: Engine, plans: Sequence[_Plan], now: datetime) -> list[_Plan]:

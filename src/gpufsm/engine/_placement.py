@@ -74,7 +74,7 @@ def place(engine: Engine, catalog: Catalog, requirements: Requirements | Mapping
     """See ``Fleet.launch`` with requirements."""
     requirements = parse_requirements(requirements)
     policy = policy or PlacementPolicy()
-    base = check_template(template or {})
+    base, stored = check_template(template or {})
     offers, skipped = _candidates(engine, catalog, requirements)
     tries, invalid = _launchable(engine, offers, base, requirements)
     if offers and not tries:  # the spec suits no provider on offer: say what each needs
@@ -83,7 +83,7 @@ def place(engine: Engine, catalog: Catalog, requirements: Requirements | Mapping
     now = engine.clock.now()
     placement = engine.store.open_placement(PlacementRecord(
         id=str(uuid.uuid4()), requirements=requirements.model_dump(mode="json"),
-        template=_stored_template(base), state=PlacementState.OPEN, created_at=now,
+        template=stored, state=PlacementState.OPEN, created_at=now,
         updated_at=now, name=base.get("name")))
     attempts: list[tuple[str, str]] = []
     for offer, spec in tries:
@@ -132,9 +132,10 @@ def _launchable(engine: Engine, offers: list[Offer], template: Mapping[str, Any]
                    for (provider, why), n in refused.items()]
 
 
-def check_template(template: Mapping[str, Any]) -> dict[str, Any]:
-    """The spec template, checked now (before anything is written) as a spec would be;
-    the fields placement chooses must be left out."""
+def check_template(template: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The spec template, checked now (before anything is written) as a spec would be,
+    and as the placement row keeps it (env values never stored, only their names). The
+    fields placement chooses must be left out."""
     data = dict(template.model_dump() if isinstance(template, InstanceSpec) else template)
     for name in _CHOSEN:
         if data.get(name) is not None:
@@ -142,8 +143,10 @@ def check_template(template: Mapping[str, Any]) -> dict[str, Any]:
                                   "leave it out (narrow the choice with the requirements)",
                                   value=data[name])
         data.pop(name, None)
-    parse_spec({**data, "provider": "placement", "instance_type": "any"})
-    return data
+    spec = parse_spec({**data, "provider": "placement", "instance_type": "any"})
+    stored = {k: v for k, v in stored_spec(spec).items()
+              if k not in ("provider", "instance_type")}
+    return data, stored
 
 
 def spec_for(template: Mapping[str, Any], offer: Offer, requirements: Requirements
@@ -170,12 +173,6 @@ def describe(offer: Offer) -> str:
                                                           else "")
     spot = " spot" if offer.interruptible else ""
     return f"{where} ({offer.count}x {offer.gpu}, ${offer.price_per_hour:.2f}/h{spot})"
-
-
-def _stored_template(template: Mapping[str, Any]) -> dict[str, Any]:
-    """As a row keeps its spec: env values never stored, only their names."""
-    spec = parse_spec({**template, "provider": "placement", "instance_type": "any"})
-    return {k: v for k, v in stored_spec(spec).items() if k not in ("provider", "instance_type")}
 
 
 def _candidates(engine: Engine, catalog: Catalog, requirements: Requirements

@@ -7,7 +7,7 @@ commands and observations a user's would, with the same guards and history.
 from gpufsm.reconcile._config import DEFAULT_DEADLINES, OrphanPolicy, ReconcileConfig
 from gpufsm.reconcile._daemon import run_forever
 from gpufsm.reconcile._destroy import DestroyResult, DestroyTarget, destroy_all, destroy_targets
-from gpufsm.reconcile._pass import Reconciler
+from gpufsm.reconcile._pass import Reconciler, live_row
 from gpufsm.reconcile._policy import (
     Action,
     Policy,
@@ -37,6 +37,7 @@ __all__ = [
     "hourly_budget",
     "idle_timeout",
     "insufficient_credit_emergency",
+    "live_row",
     "max_lifetime",
     "run_forever",
 ]

@@ -110,8 +110,8 @@ class PlacementTable(SqlBase):
         one: the placement FAILED, or its winner is another row, or it is OPEN with no
         winner and this row's machine is known (it can be claimed)."""
         query = (
-            select(_I.c.id, _I.c.placement_id, _P.c.state, _P.c.winner_id, _I.c.state,
-                   _I.c.provider_instance_id, _I.c.created_at)
+            select(_I.c.id, _I.c.placement_id, _P.c.state, _P.c.winner_id,
+                   _I.c.provider_instance_id)
             .join(_P, _P.c.id == _I.c.placement_id)
             .where(_I.c.state.in_(_LIVE), _I.c.billable.is_(True), or_(
                 _P.c.state == P.FAILED.value,
@@ -120,7 +120,7 @@ class PlacementTable(SqlBase):
                      _I.c.provider_instance_id.is_not(None))))
             .order_by(_I.c.created_at, _I.c.id))
         with self._tx() as conn:
-            return [SurplusRow(r[0], r[1], P(r[2]), r[3], S(r[4]), r[5] is not None, r[6])
+            return [SurplusRow(r[0], r[1], P(r[2]), r[3], r[4] is not None)
                     for r in conn.execute(query)]
 
     def block_offer(self, offer: BlockedOffer) -> None:

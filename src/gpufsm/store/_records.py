@@ -312,6 +312,4 @@ class SurplusRow:
     placement_id: str
     placement_state: PlacementState
     winner_id: str | None
-    state: InstanceState
     has_provider_id: bool
-    created_at: datetime
