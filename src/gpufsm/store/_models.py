@@ -66,6 +66,7 @@ class InstanceRow(Base):
         Index("ix_instances_tag", "tag"),
         Index("ix_instances_created", "created_at", "id"),  # list order (0005)
         Index("ix_instances_placement", "placement_id"),  # a request's attempts (0007)
+        Index("ix_instances_run", "run_id"),  # a recovering run's generations (0008)
     )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
@@ -104,6 +105,9 @@ class InstanceRow(Base):
     lease_expires_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
     # The placement (request for a GPU) this row is an attempt of (0007).
     placement_id: Mapped[str | None] = mapped_column(String(36))
+    # The recovering run this row is a generation of, and which generation (0008).
+    run_id: Mapped[str | None] = mapped_column(String(36))
+    generation: Mapped[int | None] = mapped_column(Integer)
 
 
 class TransitionRow(Base):

@@ -105,6 +105,16 @@ class PlacementTable(SqlBase):
         with self._tx() as conn:
             return [self._record(r) for r in conn.execute(query)]
 
+    def generations(self, run_id: str) -> list[InstanceRecord]:
+        """Every instance row a recovering run launched: generation by generation, and
+        within one (a placement's attempts) in the order they were made."""
+        launched = (select(func.min(_T.c.seq)).where(_T.c.instance_id == _I.c.id)
+                    .scalar_subquery())
+        query = (select(*RECORD_SELECT).where(_I.c.run_id == run_id)
+                 .order_by(_I.c.generation, _I.c.created_at, launched))
+        with self._tx() as conn:
+            return [self._record(r) for r in conn.execute(query)]
+
     def surplus_rows(self) -> list[SurplusRow]:
         """Live, billable attempts whose request may not keep them, or may now choose
         one: the placement FAILED, or its winner is another row, or it is OPEN with no

@@ -69,6 +69,10 @@ class InstanceRecord:
     missing_count: int = 0
     #: the placement (a request for a GPU) this row is an attempt of, if any
     placement_id: str | None = None
+    #: the recovering run this row is a generation of (``fleet.session(recovery=...)``),
+    #: and its generation: 1 for the first machine, 2 for its replacement, ...
+    run_id: str | None = None
+    generation: int | None = None
 
     def with_changes(self, **changes: Any) -> InstanceRecord:
         return replace(self, **changes)
