@@ -12,6 +12,12 @@ exactly as in the table. Each contender keeps its own per-instance state the way
 library intends: gpufsm gets a state and returns the next (the row is the truth), raw
 ``transitions`` keeps one small model object per instance on one shared machine, and
 python-statemachine keeps one machine per instance.
+
+A workload call fires whole *passes* (one event on every instance) and carries on where
+the last call stopped, so the harness may cut a round into pieces taken turn about with
+the baseline (``SLICES``: both libraries then run under the same neighbours; see
+``harness.paired_rates``). Whenever a workload has fired whole cycles, every instance
+must be back in RUNNING: a library that ignored an event fails the run.
 """
 
 from __future__ import annotations
@@ -49,6 +55,28 @@ _BLOCKED: frozenset[str] = frozenset({"never-an-instance"})
 _CAPABILITY_FOR = {E.START.value: "stop", E.STOP.value: "stop", E.RESTART.value: "restart"}
 
 
+#: Pieces per round and side, taken turn about (see the module docstring).
+SLICES = 5
+
+
+class _Cursor:
+    """Where a workload is in the cycle, across calls: passes fired so far."""
+
+    __slots__ = ("passes",)
+
+    def __init__(self) -> None:
+        self.passes = 0
+
+    def events(self, n: int, k: int) -> list[tuple[Event, bool]]:
+        """The events of the next ``n // k`` passes, each with "a cycle ends here"."""
+        out = []
+        for _ in range(n // k):
+            self.passes += 1
+            out.append((CYCLE[(self.passes - 1) % len(CYCLE)],
+                        self.passes % len(CYCLE) == 0))
+        return out
+
+
 def policy_guard(ctx: GuardContext) -> str | None:
     """A gpufsm policy guard: refuse blocked instances (none are)."""
     return "instance is blocked" if ctx.instance_id in _BLOCKED else None
@@ -67,13 +95,14 @@ def _gpufsm(ids: Sequence[str]) -> Callable[[int], None]:
     guards = (policy_guard,)
     states = [S.RUNNING] * len(ids)
     k = len(ids)
+    cursor = _Cursor()
 
     def work(n: int) -> None:
-        for p in range(n // k):
-            event = CYCLE[p % len(CYCLE)]
+        for event, cycle_done in cursor.events(n, k):
             for i in range(k):
                 states[i] = check(ids[i], states[i], event, capabilities=caps, guards=guards)
-        assert all(s is S.RUNNING for s in states), "the cycle must end where it began"
+            if cycle_done:
+                assert all(s is S.RUNNING for s in states), "a cycle must end where it began"
 
     return work
 
@@ -118,16 +147,18 @@ def _raw_transitions(ids: Sequence[str]) -> Callable[[int], None]:
         send_event=True,
     )
     models = [_Model(i, S.RUNNING.value) for i in ids]
-    triggers = [machine.events[e.value].trigger for e in CYCLE]
+    triggers = {e: machine.events[e.value].trigger for e in CYCLE}
     k = len(ids)
+    cursor = _Cursor()
 
     def work(n: int) -> None:
-        for p in range(n // k):
-            trigger = triggers[p % len(triggers)]
+        for event, cycle_done in cursor.events(n, k):
+            trigger = triggers[event]
             for m in models:
                 if not trigger(m):
                     raise AssertionError("a guard refused a legal command")
-        assert all(m.state == S.RUNNING.value for m in models)
+            if cycle_done:
+                assert all(m.state == S.RUNNING.value for m in models)
 
     return work
 
@@ -173,30 +204,32 @@ def _statemachine(ids: Sequence[str]) -> Callable[[int], None]:
     cls = statemachine_class()
     machines = [cls(_PsmModel(i), start_value=S.RUNNING.value) for i in ids]
     k = len(ids)
+    cursor = _Cursor()
 
     def work(n: int) -> None:
-        for p in range(n // k):
-            event = CYCLE[p % len(CYCLE)].value
+        for event, cycle_done in cursor.events(n, k):
+            name = event.value
             for m in machines:
-                m.send(event)
-        assert all(m.model.state == S.RUNNING.value for m in machines), (
-            "python-statemachine ignored an event (a guard refused or no edge)")
+                m.send(name)
+            if cycle_done:
+                assert all(m.model.state == S.RUNNING.value for m in machines), (
+                    "python-statemachine ignored an event (a guard refused or no edge)")
 
     return work
 
 
 def run_engine(*, instances: int, seconds: float, rounds: int) -> EngineResult:
     ids = [f"inst-{i:06d}" for i in range(instances)]
-    step = instances * len(CYCLE)  # whole cycles, so every contender ends in RUNNING
+    step = instances  # whole passes; each workload checks its cycles as they complete
     subject = _gpufsm(ids)
     # CPU time: all three are pure computation in this one thread
     vs_raw = paired_rates(subject, _raw_transitions(ids), seconds=seconds, rounds=rounds,
-                          step=step, clock=CPU)
+                          step=step, clock=CPU, slices=SLICES)
     try:
         baseline = _statemachine(ids)
     except ImportError as exc:
         return EngineResult(vs_raw, None, f"python-statemachine not installed ({exc.name})",
                             instances)
     vs_psm = paired_rates(subject, baseline, seconds=seconds, rounds=rounds, step=step,
-                          clock=CPU)
+                          clock=CPU, slices=SLICES)
     return EngineResult(vs_raw, vs_psm, None, instances)

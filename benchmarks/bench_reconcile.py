@@ -6,7 +6,8 @@ through that adapter, so a quiet row really is quiet). Then *drift*: 1 % of the 
 disagree with the provider, half because an instance finished booting (the row says
 STARTING, the provider running: one observed transition, no action) and half because
 an instance died (the provider says unhealthy: observed_failed, then the step
-terminates it — one action, whose read-back GET ``Fleet.terminate`` makes). A pass is
+terminates it — one action; the pass's terminates go out together, one request per 100
+ids where the adapter can batch them, Lambda's, whose answer is the read-back). A pass is
 then one ``Reconciler.run_once``, timed in wall time: it waits on the database's fsync
 and, over HTTP, on the emulator.
 
@@ -293,7 +294,7 @@ def run_passes(n: int, *, workdir: Path, http: bool, rounds: int,
                                      f"{report.problems[:3]}")
             calls = _calls(world)
             drifted = len(world.booted) + len(world.died)
-            actions = calls["terminate"]
+            actions = len(world.died)  # instances terminated (not requests: batched)
             _check_outcome(world, report)
         finally:
             world.close()

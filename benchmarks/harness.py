@@ -120,6 +120,7 @@ def paired_rates(
     step: int = 1,
     baseline_step: int | None = None,
     clock: Clock = WALL,
+    slices: int = 1,
 ) -> Pair:
     """Operations per second of ``subject`` and ``baseline``, measured in alternation.
 
@@ -127,21 +128,32 @@ def paired_rates(
     needs whole batches while the subject does not), then ``rounds`` rounds run both,
     swapping which goes first every round. ``clock=CPU`` for in-memory work: on a
     shared machine, time spent descheduled is the neighbours', not the library's.
+
+    ``slices`` > 1 cuts each side's share of a round into that many pieces (whole
+    ``step``s each), run turn about — subject, baseline, subject, baseline … — and
+    summed per side. Why: CPU time still varies with what the neighbours do to the
+    shared caches and cores, and a round of one side then one of the other samples two
+    different neighbourhoods; pieces taken turn about sample the same one. Each side
+    does the same work as with one slice, in the same rounds: only the order is finer.
     """
+    b_step = step if baseline_step is None else baseline_step
     sn = calibrate(subject, seconds, step=step, clock=clock)
-    bn = calibrate(baseline, seconds, step=step if baseline_step is None else baseline_step,
-                   clock=clock)
+    bn = calibrate(baseline, seconds, step=b_step, clock=clock)
+    s_piece = max(step, sn // slices - sn // slices % step)
+    b_piece = max(b_step, bn // slices - bn // slices % b_step)
     s_rates: list[float] = []
     b_rates: list[float] = []
     for r in range(rounds):
-        if r % 2 == 0:
-            s = sn / _timed(subject, sn, clock)
-            b = bn / _timed(baseline, bn, clock)
-        else:
-            b = bn / _timed(baseline, bn, clock)
-            s = sn / _timed(subject, sn, clock)
-        s_rates.append(s)
-        b_rates.append(b)
+        s_time = b_time = 0.0
+        for _ in range(slices):
+            if r % 2 == 0:
+                s_time += _timed(subject, s_piece, clock)
+                b_time += _timed(baseline, b_piece, clock)
+            else:
+                b_time += _timed(baseline, b_piece, clock)
+                s_time += _timed(subject, s_piece, clock)
+        s_rates.append(s_piece * slices / s_time)
+        b_rates.append(b_piece * slices / b_time)
     ratios = [s / b for s, b in zip(s_rates, b_rates, strict=True)]
     return Pair(
         subject_rate=statistics.median(s_rates),

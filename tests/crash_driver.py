@@ -169,7 +169,8 @@ def _loop(fleet: Fleet, rng: random.Random) -> None:
 #: The store's writes (each one commit) and the adapter's provider calls a point can name.
 STORE_METHODS = ("insert", "transition", "transition_many", "apply_batch", "update",
                  "record_drift", "open_placement", "claim_winner", "fail_placement")
-ADAPTER_METHODS = ("launch", "get", "list_instances", "start", "stop", "restart", "terminate")
+ADAPTER_METHODS = ("launch", "get", "list_instances", "start", "stop", "restart", "terminate",
+                   "terminate_many")
 _METHODS = {"store": STORE_METHODS, "adapter": ADAPTER_METHODS}
 _POINT = re.compile(r"(?P<script>[a-z-]+)/(?P<when>before|after):"
                     r"(?P<target>[a-z]+)\.(?P<method>[a-z_]+)#(?P<nth>[0-9]+)")

@@ -21,6 +21,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -320,3 +321,82 @@ def test_downloads_parse_remote_and_local() -> None:
     assert (d.remote, d.local) == ("results/a.txt", Path("/tmp/a.txt"))
     same = parse_download("results")
     assert (same.remote, same.local) == ("results", Path("results"))
+
+
+# ---- recovery -------------------------------------------------------------------------------
+
+#: Generation 1 marks that it started, waits for the test to preempt its machine, and
+#: exits 255 as ssh does when the connection drops; generation 2 finds the mark.
+RECOVERING_JOB = ("if [ -e first ]; then echo finished-on-second; else touch first; "
+                  "while [ ! -e preempted ]; do sleep 0.05; done; exit 255; fi")
+
+
+def _preempt_when_started(env: Env, remote: Path) -> threading.Thread:
+    def watch() -> None:
+        deadline = time.monotonic() + 60
+        while not (remote / "first").exists():
+            if time.monotonic() > deadline:
+                return
+            time.sleep(0.05)
+        (live,) = env.cloud.live_instances()
+        env.cloud.preempt(live.id)
+        (remote / "preempted").touch()
+
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    return thread
+
+
+@SQLITE_ONLY
+def test_a_preempted_run_finishes_on_its_second_machine(env: Env, sshd: Sshd) -> None:
+    """``run --recover 2``: the provider takes the first machine back mid-command; the
+    run launches a second, runs the command again there, terminates both, and prints
+    the total cost of both from their history."""
+    remote = env.tmp / "remote"
+    watcher = _preempt_when_started(env, remote)
+    result = env.run("--recover", "2", "--recover-settle", "10", "--remote-dir",
+                     str(remote), *_ssh_args(sshd), "-c", RECOVERING_JOB)
+    watcher.join(5)
+    assert result.exit_code == 0, result.output
+    assert "finished-on-second" in result.stdout
+    rows = sorted(env.store.list(), key=lambda r: r.generation or 0)
+    assert [r.generation for r in rows] == [1, 2] and rows[0].run_id == rows[1].run_id
+    assert all(r.state in (S.TERMINATING, S.TERMINATED) for r in rows)
+    assert env.cloud.calls["terminate"] == 2
+    assert "generation 1 lost its machine" in result.stderr and "'preempted'" in result.stderr
+    assert "replacement 1 of 2" in result.stderr
+    assert re.search(r"run succeeded in \d+s; instance \w{8} TERMINAT\w+ \(generation 2, "
+                     r"after 1 lost\); cost \$\d+\.\d{4} for 2 machine\(s\)", result.stderr), \
+        result.stderr
+    launch = env.store.history(rows[1].id)[0].reason or ""
+    assert f"run {rows[0].run_id}, generation 2 (generation 1 lost its machine" in launch
+    # the generations, linked: the run's own view, and each machine's history names it
+    run_id = rows[0].run_id or ""
+    shown = CliRunner().invoke(app, ["history", run_id[:8]], env=env.variables)
+    assert shown.exit_code == 0, shown.output
+    lines = shown.stdout.splitlines()
+    assert lines[0].startswith(f"run {run_id}: 2 generation(s), 2 machine row(s); cost $")
+    assert lines[1].startswith("generation 1  lambda/gpu_1x_a10@us-east-1  TERMINAT")
+    assert f"run {run_id}: generation 1 lost its machine" in lines[2]
+    assert lines[3].startswith("generation 2  lambda/gpu_1x_a10@us-east-1  TERMINAT")
+    assert "gpufsm run ended" in lines[4]
+    one = CliRunner().invoke(app, ["history", rows[1].id], env=env.variables)
+    assert f"generation 2 of run {run_id}: `gpufsm history {run_id[:8]}`" in one.stdout
+
+
+@SQLITE_ONLY
+def test_a_failing_command_on_a_live_machine_is_not_recovered(env: Env, sshd: Sshd) -> None:
+    """The provider says the machine runs: the failure is the command's, raised as it
+    is, and no second machine is paid for."""
+    result = env.run("--recover", "2", "--remote-dir", str(env.tmp / "remote"),
+                     *_ssh_args(sshd), "-c", "exit 255")
+    assert result.exit_code == 1
+    assert "command 1 exited 255" in result.stderr and "replacement" not in result.stderr
+    assert env.cloud.calls["launch"] == 1
+    env.assert_terminated(env.only_instance())
+
+
+def test_recover_rejects_a_negative_count(env: Env) -> None:
+    result = env.run("--recover", "-1", "-c", "true")
+    assert result.exit_code == 2 and "--recover" in result.stderr
+    assert env.cloud.calls["launch"] == 0

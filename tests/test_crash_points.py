@@ -182,13 +182,18 @@ CASES: list[Case] = [
          "written", (GONE,)),
     Case("reterminate/after:store.apply_batch#1", "re-issue committed; not sent",
          (GONE,)),
-    Case("reterminate/before:adapter.terminate#1", "at the re-issued call", (GONE,)),
-    Case("reterminate/after:adapter.terminate#1", "re-issue sent, not confirmed", (GONE,)),
-    Case("reterminate/after:adapter.get#1", "confirming GET read, not applied", (GONE,)),
+    Case("reterminate/before:adapter.terminate_many#1", "at the re-issued call (one "
+         "request for the pass's terminates)", (GONE,)),
+    Case("reterminate/after:adapter.terminate_many#1", "re-issue sent and answered; the "
+         "answer not applied", (GONE,)),
+    Case("reterminate/after:store.apply_batch#2", "the answer applied as the look",
+         (GONE,)),
     # the reconciler terminating a FAILED, billable row
     Case("failed/after:store.apply_batch#1", "TERMINATING committed; terminate not sent",
          (GONE,)),
-    Case("failed/after:adapter.terminate#1", "terminate sent, not confirmed", (GONE,)),
+    Case("failed/before:adapter.terminate_many#1", "TERMINATING; at the terminate call",
+         (GONE,)),
+    Case("failed/after:adapter.terminate_many#1", "terminate sent, not confirmed", (GONE,)),
 ]
 
 

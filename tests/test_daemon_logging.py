@@ -66,6 +66,25 @@ def test_a_problem_is_logged_when_it_appears_changes_and_clears(
     assert pass_log.open_problems == []
 
 
+def test_an_alert_whose_figures_move_is_logged_once(caplog: pytest.LogCaptureFixture) -> None:
+    """A budget alert restates the spend and the hours left every pass: the same alert,
+    so one WARNING, not one per pass; a different alert is still news."""
+    def alert(spent: str, hours: str) -> Problem:
+        return Problem("alert", "*", f"policy spend_budget: spent ${spent} of $100.00 today, "
+                       f"burning $4.10/h; the cap is reached in {hours}h (2026-12-03 "
+                       f"2{hours[0]}:15 UTC) at that burn")
+    other = Problem("alert", "lambda", "policy hourly_budget: price unknown: not counted", "i1")
+    caplog.set_level(logging.INFO, logger="gpufsm.reconcile")
+    pass_log = PassLog()
+    for problems in ([alert("80.10", "4.8")], [alert("82.15", "4.3")],
+                     [alert("84.20", "3.8"), other]):
+        pass_log(PassReport(problems=problems))
+    warned = _messages(caplog, logging.WARNING)
+    assert warned == [f"problem alert *: {alert('80.10', '4.8').message}",
+                      f"problem alert lambda i1: {other.message}"]
+    assert _messages(caplog, logging.INFO, "cleared: ") == []
+
+
 # ---- the daemon, as `gpufsm reconcile` runs it, against a Lambda emulator ------------------
 
 

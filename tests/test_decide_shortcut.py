@@ -1,5 +1,5 @@
 """``decide``'s answer for a row the provider reports unchanged is reached without
-building its facts (``_unchanged``); it must be the answer the full rules give, for any
+building its facts (``unchanged``); it must be the answer the full rules give, for any
 row and any reading. Hypothesis holds the two equal, on full records and slim rows."""
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ def _decide_both(row: Any, observation: Observation, monkeypatch: pytest.MonkeyP
     kw: dict[str, Any] = dict(now=now, window=120.0, command_grace=30.0)
     fast = decide(row, observation, **kw)
     with monkeypatch.context() as patched:
-        patched.setattr(_decide, "_unchanged", lambda *_: False)
+        patched.setattr(_decide, "unchanged", lambda *_: False)
         full = decide(row, observation, **kw)
     return fast, full
 
@@ -115,6 +115,6 @@ def test_the_shortcut_is_taken_for_a_quiet_row(monkeypatch: pytest.MonkeyPatch) 
         last_raw_status="running", price_per_hour=0.75)
     observation = Observation.present(ProviderInstance(
         "sim-1", "running", S.RUNNING, ip="10.0.0.9", price_per_hour=0.75))
-    assert _decide._unchanged(record, observation.instance)  # type: ignore[arg-type]
+    assert _decide.unchanged(record, observation.instance)  # type: ignore[arg-type]
     fast, full = _decide_both(record, observation, monkeypatch)
     assert fast == full and fast.kind == "nothing"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 import uuid
+from typing import Any
 
 import pytest
 
@@ -34,10 +35,10 @@ from gpufsm.testing import FakeClock, SimulatedCloud, check_invariants
 S = InstanceState
 
 
-def running_fleet(fleet: Fleet, n: int) -> list[str]:
+def running_fleet(fleet: Fleet, n: int, spec: dict[str, Any] | None = None) -> list[str]:
     """``n`` RUNNING instances, launched longer ago than the visibility window (after
     it, the provider's not-found is believed)."""
-    ids = [fleet.launch(SPEC).id for _ in range(n)]
+    ids = [fleet.launch(spec or SPEC).id for _ in range(n)]
     for i in ids:
         fleet.wait_for(i, S.RUNNING, timeout=600)
     fleet.clock.sleep(DEFAULT_VISIBILITY_WINDOW)

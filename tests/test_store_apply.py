@@ -15,7 +15,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gpufsm.machines import EdgeKind, Event, InstanceState
-from gpufsm.reconcile._pass import _WATCHED, _needs_watching
+from gpufsm.reconcile._listing import WATCHED as _WATCHED
+from gpufsm.reconcile._listing import needs_watching as _needs_watching
 from gpufsm.store import (
     DriftNote,
     InstanceRecord,

@@ -15,6 +15,7 @@ from gpufsm.adapters import (
 )
 from gpufsm.clock import Clock, SystemClock
 from gpufsm.config import Settings
+from gpufsm.engine import Recovering, Recovery
 from gpufsm.errors import (
     AuthError,
     CircuitOpen,
@@ -32,6 +33,7 @@ from gpufsm.errors import (
     ProviderUnavailable,
     QuotaExceeded,
     RateLimited,
+    RecoveryExhausted,
     StoreError,
     TemporaryProviderError,
     TransitionNotAllowed,
@@ -98,6 +100,9 @@ __all__ = [
     "ProviderUnavailable",
     "QuotaExceeded",
     "RateLimited",
+    "Recovering",
+    "Recovery",
+    "RecoveryExhausted",
     "Requirements",
     "Settings",
     "SqlInstanceStore",

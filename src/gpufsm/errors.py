@@ -8,6 +8,8 @@
     ├─ ValidationError                    bad input, naming the field and the rule it broke
     ├─ WaitTimeout                        wait_for ran out of time
     ├─ WaitFailed                         wait_for's target can no longer be reached
+    ├─ PlacementFailed                    no offer of a placement produced a machine
+    ├─ RecoveryExhausted                  a recovering run lost its last allowed machine
     ├─ StoreError                         the database could not do what was asked
     │  ├─ VersionConflict                 someone else moved the row first; re-read
     │  └─ InstanceNotFound                no row with that id
@@ -53,6 +55,7 @@ __all__ = [
     "ProviderUnavailable",
     "QuotaExceeded",
     "RateLimited",
+    "RecoveryExhausted",
     "StoreError",
     "TemporaryProviderError",
     "TransitionNotAllowed",
@@ -254,4 +257,19 @@ class PlacementFailed(GpufsmError):
         lines = [f"placement {placement_id}: no machine after {len(attempts)} attempt(s)"]
         lines += [f"  {offer}: {reason}" for offer, reason in attempts]
         lines += [f"  {why}" for why in skipped]
+        super().__init__("\n".join(lines))
+
+
+class RecoveryExhausted(GpufsmError):
+    """A recovering run lost its last allowed machine: one line per generation, how it
+    ended (preempted, died, its launch failed). Every generation has been terminated
+    (or is TERMINATING, which the reconciler finishes) by the time this is raised
+    out of the session."""
+
+    def __init__(self, run_id: str, ends: tuple[str, ...]) -> None:
+        self.run_id = run_id
+        self.ends = ends
+        lines = [f"run {run_id}: gave up after {len(ends)} machine(s), "
+                 f"{max(len(ends) - 1, 0)} replacement(s)"]
+        lines += [f"  generation {n}: {why}" for n, why in enumerate(ends, 1)]
         super().__init__("\n".join(lines))

@@ -17,23 +17,18 @@ old version gets VersionConflict and must re-read. The rooms live in ``gpufsm.en
 from __future__ import annotations
 
 import builtins
-import logging
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from typing import Any, overload
 
 from gpufsm import engine
 from gpufsm.adapters import Observation, ProviderInstance
 from gpufsm.engine import DEFAULT_VISIBILITY_WINDOW, Engine, PlacementPolicy, ProgressCallback
-from gpufsm.errors import GpufsmError
 from gpufsm.machines import Event, InstanceState
 from gpufsm.placement import Requirements
-from gpufsm.specs import InstanceSpec
-from gpufsm.store import DriftRecord, InstanceRecord, TrackedInstance, TransitionRecord
+from gpufsm.store import DriftRecord, InstanceRecord, RunLink, TrackedInstance, TransitionRecord
 
 __all__ = ["DEFAULT_VISIBILITY_WINDOW", "Fleet", "ObserveErrorHandler", "ProgressCallback"]
-
-log = logging.getLogger("gpufsm.fleet")
 
 S = InstanceState
 
@@ -85,9 +80,10 @@ class Fleet(Engine):
 
     # ---- commands ---------------------------------------------------------------------
 
-    def launch(self, spec: InstanceSpec | Mapping[str, Any] | Requirements, *,
-               reason: str | None = None, template: Mapping[str, Any] | None = None,
-               policy: PlacementPolicy | None = None) -> InstanceRecord:
+    def launch(self, spec: engine.Launchable, *, reason: str | None = None,
+               template: Mapping[str, Any] | None = None,
+               policy: PlacementPolicy | None = None, run: RunLink | None = None
+               ) -> InstanceRecord:
         """Create one instance. The CREATING row is committed before the provider call.
 
         A permanent refusal (capacity, credit, bad request) leaves the row FAILED and not
@@ -98,11 +94,12 @@ class Fleet(Engine):
         Given ``Requirements``, placement picks the machine: matching offers of every
         provider, cheapest first, each tried as above until one is kept; ``template``
         holds the rest of the spec. PlacementFailed lists every attempt and its reason.
+        ``run`` marks the row(s) as a generation of a recovering run.
         """
         if isinstance(spec, Requirements):
             return engine.place(self, self.catalog, spec, template, reason=reason,
-                                policy=policy)
-        return engine.launch(self, spec, reason)
+                                policy=policy, run=run)
+        return engine.launch(self, spec, reason, run=run)
 
     def cancel_placement(self, placement_id: str, *, reason: str
                          ) -> builtins.list[InstanceRecord]:
@@ -167,9 +164,10 @@ class Fleet(Engine):
 
     # ---- observations -------------------------------------------------------------------
 
-    def refresh(self, instance_id: str) -> InstanceRecord:
-        """Read the provider directly and apply what it says. Errors change nothing."""
-        return engine.refresh(self, instance_id)
+    def refresh(self, instance_id: str, *, grace: bool = True) -> InstanceRecord:
+        """Read the provider directly and apply what it says. Errors change nothing.
+        ``grace=False`` believes a "failed" even just after our own command."""
+        return engine.refresh(self, instance_id, grace=grace)
 
     def observe(self, instance_id: str, observation: Observation, *,
                 actor: str | None = None) -> InstanceRecord:
@@ -277,24 +275,26 @@ class Fleet(Engine):
         return engine.wait_for(self.refresh, self.clock, instance_id, state, timeout=timeout,
                                poll_interval=poll_interval, on_progress=on_progress)
 
-    @contextmanager
-    def session(self, spec: InstanceSpec | Mapping[str, Any] | Requirements, *,
-                template: Mapping[str, Any] | None = None, timeout: float = 1800.0,
-                poll_interval: float = 5.0, on_progress: ProgressCallback | None = None,
-                ) -> Iterator[InstanceRecord]:
+    @overload
+    def session(self, spec: engine.Launchable, *, template: Mapping[str, Any] | None = None,
+                timeout: float = 1800.0, poll_interval: float = 5.0,
+                on_progress: ProgressCallback | None = None, recovery: None = None,
+                ) -> AbstractContextManager[InstanceRecord]: ...
+
+    @overload
+    def session(self, spec: engine.Launchable, *, template: Mapping[str, Any] | None = None,
+                timeout: float = 1800.0, poll_interval: float = 5.0,
+                on_progress: ProgressCallback | None = None, recovery: engine.Recovery | int,
+                ) -> AbstractContextManager[engine.Recovering]: ...
+
+    def session(self, spec: engine.Launchable, *, template: Mapping[str, Any] | None = None,
+                timeout: float = 1800.0, poll_interval: float = 5.0,
+                on_progress: ProgressCallback | None = None,
+                recovery: engine.Recovery | int | None = None) -> AbstractContextManager[Any]:
         """Launch (a spec, or Requirements with a ``template``), wait for RUNNING, yield,
-        and always terminate, also on Ctrl-C: for a placement, every attempt's machine.
-        A failed terminate is logged, not raised over the body's own error (the row is
-        TERMINATING; the reconciler finishes the job)."""
-        record = self.launch(spec, template=template)
-        try:
-            yield self.wait_for(record.id, S.RUNNING, timeout=timeout,
-                                poll_interval=poll_interval, on_progress=on_progress)
-        finally:
-            try:
-                if record.placement_id is not None:
-                    self.cancel_placement(record.placement_id, reason="session ended")
-                else:
-                    self.terminate(record.id, reason="session ended")
-            except GpufsmError:
-                log.exception("terminate of %s failed; the reconciler will retry", record.id)
+        and always terminate, also on Ctrl-C: every machine launched, placement attempts
+        too. With ``recovery`` (N replacements, or a ``Recovery``) it yields a run whose
+        ``run(job)`` re-runs ``job`` on a replacement when the machine is lost."""
+        return engine.session(self, spec, template=template, timeout=timeout,
+                              poll_interval=poll_interval, on_progress=on_progress,
+                              recovery=recovery)

@@ -27,6 +27,7 @@ from referencing.jsonschema import DRAFT202012
 import gpufsm.adapters.lambda_cloud as lambda_module
 import gpufsm.testing.emulators.lambda_cloud as dialect_module
 from gpufsm.adapters import (
+    BatchTerminate,
     InstanceTypeOffer,
     LaunchRequest,
     ownership_tag,
@@ -37,6 +38,7 @@ from gpufsm.adapters.lambda_cloud import (
     LAMBDA_RATE_LIMITS,
     LAMBDA_REGIONS,
     LAMBDA_STATUSES,
+    LAMBDA_TERMINATE_BATCH_MAX,
     LambdaCloudAdapter,
     LambdaInstanceEnvelope,
     LambdaInstanceListEnvelope,
@@ -371,6 +373,78 @@ def test_lifecycle_launch_restart_terminate(adapter: LambdaCloudAdapter,
     adapter.terminate(pid)  # idempotent: Lambda's not-found means done
     assert server.counts[TERMINATE] == 2
     assert server.log[-1] == ("POST", "/api/v1/instance-operations/terminate", 404)
+
+
+def test_terminate_many_is_one_request_answered_with_the_instances(
+        adapter: LambdaCloudAdapter, lambda_cloud: SimulatedCloud, server: EmulatorServer,
+        exchanges: Exchanges) -> None:
+    """``BatchTerminate``: every id in one ``instance_ids`` body (checked against the spec
+    in teardown), each answered as Lambda's ``terminated_instances`` shows it."""
+    assert isinstance(adapter, BatchTerminate)
+    assert adapter.terminate_batch_max == LAMBDA_TERMINATE_BATCH_MAX
+    pids = [adapter.launch(launch_request(f"t{i}")) for i in range(3)]
+    lambda_cloud.settle(120)
+    before = adapter.seam.calls
+    answered = adapter.terminate_many(pids)
+    assert adapter.seam.calls - before == 1 and server.counts[TERMINATE] == 1
+    assert exchanges.requests_to(TERMINATE) == [{"instance_ids": pids}]
+    assert sorted(answered) == sorted(pids)
+    for pid, inst in answered.items():
+        assert inst.provider_instance_id == pid
+        assert (inst.raw_status, inst.state) == ("terminating", InstanceState.TERMINATING)
+        assert inst.tag is not None and inst.tag.startswith("gpufsm-t")
+    assert {lambda_cloud.instance(p).phase for p in pids} == {"terminating"}
+
+
+def test_terminate_many_with_one_unknown_id_terminates_none(
+        adapter: LambdaCloudAdapter, lambda_cloud: SimulatedCloud,
+        server: EmulatorServer) -> None:
+    """Lambda refuses the whole request (404 ``global/object-does-not-exist``): raised,
+    since it cannot say which id, and nothing was terminated."""
+    pids = [adapter.launch(launch_request(f"u{i}")) for i in range(2)]
+    lambda_cloud.settle(120)
+    with pytest.raises(ProviderNotFound):
+        adapter.terminate_many([pids[0], "0920582c7ff041399e34823a0be00000", pids[1]])
+    assert server.log[-1] == ("POST", "/api/v1/instance-operations/terminate", 404)
+    assert {lambda_cloud.instance(p).phase for p in pids} == {"running"}
+
+
+def test_terminate_many_answers_an_instance_already_on_its_way_out(
+        adapter: LambdaCloudAdapter, lambda_cloud: SimulatedCloud) -> None:
+    """Terminating a terminating or terminated (still listed) instance again is no error:
+    it is answered as it stands, and the others terminate."""
+    pids = [adapter.launch(launch_request(f"w{i}")) for i in range(2)]
+    lambda_cloud.settle(120)
+    adapter.terminate(pids[0])
+    lambda_cloud.settle(lambda_cloud.timings.terminate[1])  # terminated, still listed
+    answered = adapter.terminate_many(pids)
+    assert answered[pids[0]].state is InstanceState.TERMINATED
+    assert answered[pids[1]].state is InstanceState.TERMINATING
+
+
+def test_terminate_many_refuses_a_batch_over_the_limit_and_an_empty_one(
+        adapter: LambdaCloudAdapter, server: EmulatorServer) -> None:
+    for ids in ([], [f"id{i}" for i in range(LAMBDA_TERMINATE_BATCH_MAX + 1)]):
+        with pytest.raises(ValueError, match="ids"):
+            adapter.terminate_many(ids)
+    assert sum(server.counts.values()) == 0
+
+
+def test_terminate_many_keeps_only_ids_it_asked_for_and_never_reads_silence() -> None:
+    """An instance in the answer that was not asked for is not ours to observe; an id
+    missing from the answer is simply not there (the engine sends it alone); a 200
+    whose body cannot be read is an unknown outcome, never an empty answer."""
+    example = json.loads((CONTRACT / "examples" / "m_stop_response.json").read_text())
+    (inst,) = example["data"]["terminated_instances"]
+    stranger = dict(inst, id="not-asked-for")
+    body = {"data": {"terminated_instances": [inst, stranger]}}
+    with mock_adapter(lambda r: httpx.Response(200, json=body)) as adapter:
+        answered = adapter.terminate_many([inst["id"], "missing-from-the-answer"])
+    assert list(answered) == [inst["id"]]
+    assert answered[inst["id"]].state is InstanceState.TERMINATING
+    with mock_adapter(lambda r: httpx.Response(200)) as adapter, pytest.raises(
+            ProviderUnavailable):
+        adapter.terminate_many(["abc", "def"])
 
 
 def test_list_instances_returns_ours_with_tag_and_others_without(

@@ -20,6 +20,7 @@ from gpufsm.adapters._http import (
 )
 from gpufsm.adapters._protocol import (
     TAG_PREFIX,
+    BatchTerminate,
     Closable,
     HasSeam,
     InstanceTypeOffer,
@@ -41,6 +42,7 @@ from gpufsm.adapters.vastai import VastAdapter
 __all__ = [
     "ADAPTERS",
     "TAG_PREFIX",
+    "BatchTerminate",
     "CircuitBreaker",
     "Closable",
     "HasSeam",

@@ -29,7 +29,8 @@ The contract, which the engine and the reconciler rely on:
   ``isinstance(adapter, Renamable)`` and gets a typed method instead of reaching for it
   with ``getattr``: :class:`Closable` (holds connections: close it when done; every HTTP
   adapter), :class:`HasSeam` (its HTTP seam, for call counts and metrics; every HTTP
-  adapter) and :class:`Renamable` (renames an instance at the provider; Lambda). The
+  adapter), :class:`Renamable` (renames an instance at the provider; Lambda) and
+  :class:`BatchTerminate` (terminates many instances in one request; Lambda). The
   simulated cloud and test doubles keep the core protocol only.
 * **Every spec field is honoured or refused.** ``validate`` refuses, naming the field,
   what the provider cannot do; everything else reaches the provider's request (or is
@@ -39,7 +40,7 @@ The contract, which the engine and the reconciler rely on:
 from __future__ import annotations
 
 import enum
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
@@ -49,6 +50,7 @@ from gpufsm.specs import InstanceSpec
 
 __all__ = [
     "TAG_PREFIX",
+    "BatchTerminate",
     "Closable",
     "HasSeam",
     "InstanceTypeOffer",
@@ -234,3 +236,27 @@ class Renamable(Protocol):
     (``<tag>/<user name>``), so ownership survives the rename."""
 
     def rename(self, provider_instance_id: str, name: str) -> object: ...
+
+
+@runtime_checkable
+class BatchTerminate(Protocol):
+    """An adapter whose provider terminates many instances in one request (Lambda's
+    ``instance_ids``), so a reconcile pass ending fifty instances makes one call, not
+    fifty terminates and fifty confirming reads.
+
+    ``terminate_many`` takes 1 to ``terminate_batch_max`` ids and answers, per id the
+    provider says it terminated, the instance as that answer shows it: a fresh read,
+    which the engine applies as it would a GET. An id missing from the answer proves
+    nothing (never "gone"): the caller sends and reads it one by one, as it does every
+    id of a call that raised. The call is idempotent like ``terminate``, but an unknown
+    id may make the provider refuse the whole request (its not-found, raised as
+    ``ProviderNotFound``: it cannot say which id), which is why one by one follows.
+    """
+
+    @property
+    def terminate_batch_max(self) -> int:
+        """The most ids one ``terminate_many`` call takes."""
+        ...
+
+    def terminate_many(self, provider_instance_ids: Sequence[str]
+                       ) -> Mapping[str, ProviderInstance]: ...

@@ -47,9 +47,11 @@ from gpufsm.adapters._lambda_models import (
     LAMBDA_ERROR_PREFIXES,
     LAMBDA_ERRORS,
     LAMBDA_LAUNCH_OVERRIDES,
+    LAMBDA_NAME_MAX,
     LAMBDA_REGIONS,
     LAMBDA_STATUSES,
     LAMBDA_TAG_KEY,
+    LAMBDA_TERMINATE_BATCH_MAX,
     LambdaError,
     LambdaErrorEnvelope,
     LambdaInstance,
@@ -65,7 +67,9 @@ from gpufsm.adapters._lambda_models import (
     LambdaTag,
     LambdaTerminateEnvelope,
     check_spec,
+    launch_name,
     rulesets,
+    tag_value,
     user_tags,
 )
 from gpufsm.adapters._protocol import (
@@ -96,6 +100,7 @@ __all__ = [
     "LAMBDA_RETRY",
     "LAMBDA_STATUSES",
     "LAMBDA_TAG_KEY",
+    "LAMBDA_TERMINATE_BATCH_MAX",
     "LambdaCloudAdapter",
     "LambdaError",
     "LambdaErrorEnvelope",
@@ -134,9 +139,6 @@ LAMBDA_RETRY = RetryPolicy(attempts=5, initial=1.0, max_backoff=30.0)
 #: How long the prices read for a ``max_price_per_hour`` check are reused: prices change
 #: rarely, and a batch of launches should not cost one extra request each.
 LAMBDA_PRICE_CACHE_SECONDS = 300.0
-
-_NAME_MAX = 64
-_TAG_VALUE_MAX = 128
 
 #: Lambda's operations. Restart is not retried after an unclear failure: a restart that
 #: did happen makes the retry fail (the instance is booting), which would report a
@@ -295,17 +297,12 @@ class LambdaCloudAdapter(HttpAdapter):
         spec = request.spec
         options = spec.options
         parsed = parse_options(LambdaOptions, options, provider="Lambda")
-        value = request.tag.removeprefix(TAG_PREFIX)
-        if not request.tag.startswith(TAG_PREFIX) or not value:
-            raise ValidationError("tag", f"must be {TAG_PREFIX}<token>", value=request.tag)
-        if len(value) > _TAG_VALUE_MAX:
-            raise ValidationError("tag", f"Lambda tag values are at most {_TAG_VALUE_MAX} "
-                                  "characters")
+        value = tag_value(request.tag)
         body: dict[str, Any] = {
             "region_name": spec.region,
             "instance_type_name": spec.instance_type,
             "ssh_key_names": list(spec.ssh_key_names),
-            "name": _launch_name(request.tag, spec.name),
+            "name": launch_name(request.tag, spec.name),
             "tags": [{"key": LAMBDA_TAG_KEY, "value": value}, *user_tags(parsed)],
         }
         if spec.command is not None:
@@ -347,10 +344,26 @@ class LambdaCloudAdapter(HttpAdapter):
         """Idempotent: Lambda's not-found for the instance means it is already gone."""
         self._call_unless_absent("terminate", json={"instance_ids": [provider_instance_id]})
 
+    terminate_batch_max = LAMBDA_TERMINATE_BATCH_MAX
+
+    def terminate_many(self, provider_instance_ids: Sequence[str]
+                       ) -> Mapping[str, ProviderInstance]:
+        """Up to ``LAMBDA_TERMINATE_BATCH_MAX`` instances in one request (``BatchTerminate``):
+        each one Lambda answered, as the answer shows it. One unknown id makes Lambda
+        refuse them all (``ProviderNotFound``, raised: it cannot say which one)."""
+        ids = list(provider_instance_ids)
+        if not 0 < len(ids) <= LAMBDA_TERMINATE_BATCH_MAX:
+            raise ValueError(f"1 to {LAMBDA_TERMINATE_BATCH_MAX} ids, not {len(ids)}")
+        response = self._call("terminate", json={"instance_ids": ids})
+        answer = self._parse(response, LambdaTerminateEnvelope, "terminate").data
+        asked = set(ids)
+        return {i.id: to_provider_instance(i) for i in answer.terminated_instances
+                if i.id in asked}
+
     def rename(self, provider_instance_id: str, name: str) -> ProviderInstance:
         """Set the instance's name. Ownership survives: it is read from tags first."""
-        if len(name) > _NAME_MAX:
-            raise ValidationError("name", f"at most {_NAME_MAX} characters", value=name)
+        if len(name) > LAMBDA_NAME_MAX:
+            raise ValidationError("name", f"at most {LAMBDA_NAME_MAX} characters", value=name)
         response = self._call("rename", id=provider_instance_id, json={"name": name})
         return to_provider_instance(self._parse(response, LambdaInstanceEnvelope, "rename").data)
 
@@ -383,16 +396,3 @@ class LambdaCloudAdapter(HttpAdapter):
 def _usd(amount: float) -> str:
     """``$0.75``; more digits only where two would hide a difference."""
     return f"${amount:.2f}" if round(amount, 2) == amount else f"${amount:.4f}"
-
-
-def _launch_name(tag: str, user_name: str | None) -> str:
-    """``<tag>/<user name>`` cut to 64 characters; only the user part is ever cut."""
-    if len(tag) > _NAME_MAX:
-        raise ValidationError("tag", f"longer than Lambda's {_NAME_MAX}-character name",
-                              value=tag)
-    room = _NAME_MAX - len(tag) - 1
-    if not user_name or room <= 0:
-        return tag
-    return f"{tag}/{user_name[:room]}"
-
-

@@ -200,6 +200,25 @@ def reconcile(
         # escaped: rich markup would take [metrics] for a style and print "gpufsm"
         help="Serve Prometheus metrics on 127.0.0.1:PORT (needs gpufsm\\[metrics]).")
     ] = None,
+    max_lifetime: Annotated[str | None, typer.Option(
+        "--max-lifetime", metavar="DURATION",
+        help="Terminate anything alive longer than this: 90s, 30m, 6h, 2d or seconds.")
+    ] = None,
+    idle_timeout: Annotated[str | None, typer.Option(
+        "--idle-timeout", metavar="DURATION",
+        help="Terminate RUNNING machines untouched (no state change) for this long.")
+    ] = None,
+    hourly_budget: Annotated[str | None, typer.Option(
+        "--hourly-budget", metavar="DOLLARS",
+        help="Keep the fleet's burn rate under $/h, terminating the newest first.")
+    ] = None,
+    budget: Annotated[list[str] | None, typer.Option(
+        "--budget", metavar="CAP/WINDOW",
+        help="Cap real spend: 100/day, 2000/month (UTC calendar) or 25/run; alert, then "
+             "terminate the newest first (repeatable, one per window).")] = None,
+    budget_alert: Annotated[str, typer.Option(
+        "--budget-alert", metavar="FRACTION",
+        help="Alert when a --budget's spend passes this fraction of its cap.")] = "0.8",
 ) -> None:
     """Keep the database true to the providers; terminate what should not bill.
 
@@ -208,15 +227,19 @@ def reconcile(
     2 for bad usage. The loop exits 0 on SIGTERM/SIGINT after finishing its step.
     """
     from gpufsm.cli._common import handled, resolve_database_url
-    from gpufsm.cli._reconcile import run_reconcile
+    from gpufsm.cli._reconcile import PolicyFlags, run_reconcile
 
     _check_providers(provider)
+    flags = PolicyFlags(max_lifetime=max_lifetime, idle_timeout=idle_timeout,
+                        hourly_budget=hourly_budget, budgets=budget or (),
+                        budget_alert=budget_alert)
 
     @handled
     def reconcile_checked() -> int:
         return run_reconcile(once=once, interval=interval, providers=provider,
                              orphans=orphans, database_url=resolve_database_url(database_url),
-                             as_json=as_json, console=console, metrics_port=metrics_port)
+                             as_json=as_json, console=console, metrics_port=metrics_port,
+                             policy_flags=flags)
 
     raise typer.Exit(reconcile_checked())
 
@@ -475,6 +498,13 @@ def run(
     disk: DiskOpt = None, gpus: GpusOpt = None, env: EnvOpt = None, port: PortOpt = None,
     option: OptionOpt = None, max_price: MaxPriceOpt = None, spec: SpecFileOpt = None,
     gpu: GpuOpt = None, interruptible: SpotOpt = False,
+    recover: Annotated[int, typer.Option(
+        min=0, help="When the provider reports the machine preempted or dead, launch up "
+        "to N replacements (through placement with --gpu) and run the job again; every "
+        "machine is terminated at the end.")] = 0,
+    recover_settle: Annotated[float, typer.Option(
+        min=0.0, help="With --recover: seconds the provider gets to report the machine "
+        "lost after SSH fails, before it counts as the job's own failure.")] = 30.0,
     timeout: TimeoutOpt = 1800.0, poll_interval: PollOpt = 5.0,
     database_url: DatabaseOpt = None,
 ) -> None:
@@ -482,8 +512,8 @@ def run(
 
     Needs something to do (-c, --upload or --download): without, it exits 2 before
     launching anything. Exit 1 when a step or a command failed (results are still
-    fetched and the instance still terminated), 2 for bad usage, 130/143 when
-    interrupted by SIGINT/SIGTERM.
+    fetched and the instance still terminated), or when --recover N replacements were
+    lost too; 2 for bad usage, 130/143 when interrupted by SIGINT/SIGTERM.
     """
     from gpufsm.cli._run import RunOptions, parse_download, run_job
 
@@ -498,7 +528,8 @@ def run(
     options = RunOptions(upload=upload, commands=tuple(command or ()), downloads=downloads,
                          remote_dir=remote_dir, ssh_user=ssh_user, ssh_key_file=ssh_key_file,
                          ssh_port=ssh_port, ssh_timeout=ssh_timeout, transfer=transfer,
-                         timeout=timeout, poll_interval=poll_interval)
+                         timeout=timeout, poll_interval=poll_interval, recover=recover,
+                         recover_settle=recover_settle)
     raise typer.Exit(run_job(flags, options, database_url=database_url))
 
 

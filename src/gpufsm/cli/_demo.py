@@ -30,7 +30,7 @@ import re
 import secrets
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,7 +43,7 @@ from rich.live import Live
 from rich.markup import escape
 from rich.table import Table
 
-from gpufsm.adapters import RateLimit, RetryPolicy
+from gpufsm.adapters import ProviderInstance, RateLimit, RetryPolicy
 from gpufsm.adapters.lambda_cloud import LambdaCloudAdapter
 from gpufsm.errors import GpufsmError, InsufficientCapacity, ProviderError
 from gpufsm.fleet import Fleet
@@ -116,16 +116,25 @@ class _KillableLambda(LambdaCloudAdapter):
 
     Armed, the next terminate kills the process *after* the engine committed
     TERMINATING and *before* the request leaves: the row is ahead of the provider,
-    which is exactly what writing the intent first promises to survive.
+    which is exactly what writing the intent first promises to survive. A pass sends
+    its terminates together (``terminate_many``), a command alone: both are armed.
     """
 
     kill_before_terminate = False
 
-    def terminate(self, provider_instance_id: str) -> None:
+    def _kill_if_armed(self, what: object) -> None:
         if self.kill_before_terminate:
             self.kill_before_terminate = False
-            raise _ReconcilerKilled(provider_instance_id)
+            raise _ReconcilerKilled(what)
+
+    def terminate(self, provider_instance_id: str) -> None:
+        self._kill_if_armed(provider_instance_id)
         super().terminate(provider_instance_id)
+
+    def terminate_many(self, provider_instance_ids: Sequence[str]
+                       ) -> Mapping[str, ProviderInstance]:
+        self._kill_if_armed(provider_instance_ids)
+        return super().terminate_many(provider_instance_ids)
 
 
 @dataclass

@@ -49,6 +49,7 @@ from gpufsm.cli._common import (
 )
 from gpufsm.cli._placementview import find_placement, show_placement
 from gpufsm.cli._providers import build_adapters
+from gpufsm.cli._runview import show_run
 from gpufsm.cli._ssh import ssh_login
 from gpufsm.config import Settings
 from gpufsm.errors import GpufsmError
@@ -354,6 +355,9 @@ def show_history(given: str, *, database_url: str | None, as_json: bool) -> int:
         placement = find_placement(store, given)
         if placement is not None:  # a request for a GPU: its attempts, grouped
             return show_placement(store, placement, as_json=as_json)
+        run_id = store.find_run(given)
+        if run_id is not None:  # a recovering run: its generations, in order
+            return show_run(store, run_id, as_json=as_json)
         record = resolve_instance(store, given)
         rows = store.history(record.id)
     if as_json:
@@ -366,7 +370,12 @@ def show_history(given: str, *, database_url: str | None, as_json: bool) -> int:
     stdout.print(_history_table(record.id, rows))
     if record.placement_id is not None:
         stdout.print(f"an attempt of placement {record.placement_id}: `gpufsm history "
-                     f"{record.placement_id[:8]}` shows every attempt", highlight=False)
+                     f"{record.placement_id[:8]}` shows every attempt", highlight=False,
+                     soft_wrap=True)
+    if record.run_id is not None:
+        stdout.print(f"generation {record.generation} of run {record.run_id}: `gpufsm "
+                     f"history {record.run_id[:8]}` shows every generation", highlight=False,
+                     soft_wrap=True)
     return EXIT_OK
 
 

@@ -49,11 +49,11 @@ from gpufsm.cli._placing import what_to_launch
 from gpufsm.cli._providers import build_adapters
 from gpufsm.cli._ssh import DEFAULT_SSH_PORT, DEFAULT_SSH_USERS, ssh_user
 from gpufsm.config import Settings
+from gpufsm.engine import Recovering, Recovery
 from gpufsm.errors import GpufsmError, ProviderError, ValidationError
 from gpufsm.fleet import Fleet
 from gpufsm.ledger import Ledger
-from gpufsm.machines import Event, InstanceState
-from gpufsm.notify import TransitionEvent
+from gpufsm.machines import InstanceState
 from gpufsm.store import InstanceRecord
 
 __all__ = [
@@ -156,6 +156,8 @@ class RunOptions:
     transfer: str = "scp"
     timeout: float = 1800.0
     poll_interval: float = 5.0
+    recover: int = 0  # replacements allowed when the provider reports the machine lost
+    recover_settle: float = 30.0  # seconds the provider gets to say so after ssh fails
 
 
 # ---- signals ------------------------------------------------------------------------------
@@ -334,78 +336,52 @@ def _ssh_port(fleet: Fleet, record: InstanceRecord) -> int:
     return seen.ssh_port if seen is not None and seen.ssh_port else DEFAULT_SSH_PORT
 
 
-def _end(fleet: Fleet, row_id: str, record: InstanceRecord | None) -> InstanceRecord | None:
-    """The run's machine terminated; for a placement (``--gpu``), every attempt's, so
-    a machine that turns up for an interrupted placement is never kept. The row after
-    of the machine the job ran on (or of the first attempt), None if that failed."""
-    placement = fleet.get(row_id).placement_id
-    if placement is None:
-        return _terminate(fleet, row_id)
-    try:
-        ended = {r.id: r for r in fleet.cancel_placement(placement,
-                                                         reason="gpufsm run ended")}
-    except GpufsmError as exc:
-        error_line(f"ending placement {placement} failed: {exc}")
-        return None
-    for row in ended.values():
-        if row.billable:
-            stderr.print(f"instance {row.id[:8]} {row.state.value}: the reconciler "
-                         "finishes its terminate", highlight=False)
-    return ended.get(record.id if record is not None else row_id)
-
-
-def _terminate(fleet: Fleet, row_id: str) -> InstanceRecord | None:
-    try:
-        after = fleet.terminate(row_id, reason="gpufsm run ended")
-    except GpufsmError as exc:
-        error_line(f"terminate of {row_id} failed: {exc}")
-        stderr.print("the row is TERMINATING: `gpufsm terminate` or `gpufsm reconcile "
-                     "--once` retries it; check the provider console", highlight=False)
-        return None
-    stderr.print(f"instance {row_id[:8]} {after.state.value}: terminate "
-                 f"{'confirmed' if after.state is S.TERMINATED else 'sent'}",
-                 highlight=False)
-    return after
+def _ended(rows: Sequence[InstanceRecord]) -> None:
+    """One line per machine the run ended (each generation, each placement attempt that
+    made one): its state now, and who finishes a terminate still open."""
+    for row in rows:
+        if row.provider_instance_id is None and not row.billable:
+            continue  # a refused attempt: nothing was made, nothing to say
+        if row.state is S.TERMINATED:
+            how = "terminate confirmed"
+        elif row.state is S.TERMINATING:
+            how = "terminate sent; `gpufsm reconcile --once` confirms it"
+        else:
+            how = "terminate failed: `gpufsm terminate` or the reconciler retries it"
+        stderr.print(f"instance {row.id[:8]} {row.state.value}: {how}", highlight=False)
 
 
 @handled
 def run_job(flags: SpecFlags, options: RunOptions, *, database_url: str | None) -> int:
     """The whole job; the exit status: 0, 1 (a step or the command failed), 2 (usage),
-    128 + signal number when interrupted. The instance is terminated in every case."""
+    128 + signal number when interrupted. Every machine it launched is terminated in
+    every case: its rows carry the run's id, so the ``finally`` finds them in the store
+    even when a signal lands inside a launch call."""
     what, template, providers = what_to_launch(flags)
     _check_local(options)
     adapters = build_adapters(Settings(), providers)
     started = time.monotonic()
-    row_id: str | None = None
+    run: Recovering | None = None
     record: InstanceRecord | None = None
     spent: Ledger | None = None
     code = EXIT_FAILURE
     try:
         with open_store(database_url) as store, Interrupts() as interrupts:
             fleet = Fleet(store, adapters, actor=cli_actor())
-            launched: list[str] = []
-
-            def hear(event: TransitionEvent) -> None:
-                # The row id as soon as the row is committed, before the provider call:
-                # whatever interrupts the launch, the ``finally`` knows what to end.
-                if event.event is Event.LAUNCH and not launched:
-                    launched.append(event.instance_id)
-
-            unsubscribe = fleet.subscribe(hear)
+            run = Recovering(fleet, what, Recovery(options.recover,
+                                                   settle=options.recover_settle),
+                             template=template, reason="gpufsm run", timeout=options.timeout,
+                             poll_interval=options.poll_interval)
             try:
                 with interrupts.shielded():
-                    try:
-                        record = fleet.launch(what, template=template, reason="gpufsm run")
-                    finally:
-                        row_id = launched[0] if launched else None
-                        unsubscribe()
-                stderr.print(f"launched {record.id} on {record.provider} "
-                             f"({record.instance_type})", highlight=False)
-                code = _job(fleet, record, record.provider, options)
+                    record = run.launch()
+                _launched(record)
+                code = _recovering(fleet, run, record, options, interrupts)
             except KeyboardInterrupt:
                 name = signal.Signals(interrupts.signum or signal.SIGINT).name
-                error_line(f"interrupted ({name}): terminating the instance" if row_id
-                           else f"interrupted ({name}) before anything was launched")
+                error_line(f"interrupted ({name}): terminating the instance"
+                           if run.generations() else
+                           f"interrupted ({name}) before anything was launched")
                 code = interrupts.exit_code
             except StepFailed as exc:
                 error_line(exc)
@@ -414,30 +390,74 @@ def run_job(flags: SpecFlags, options: RunOptions, *, database_url: str | None) 
                 error_line(exc)
                 code = exit_code_for(exc)
             finally:
-                if row_id is not None:
-                    with interrupts.shielded(deliver=False):
-                        record = _end(fleet, row_id, record) or record
-            spent = _spent(fleet, row_id) if row_id is not None else None
+                with interrupts.shielded(deliver=False):
+                    run.end("gpufsm run ended")
+                    _ended(run.generations())
+            spent = _spent(fleet, run.run_id)
+            record = _last(fleet, run)
     finally:
         close_adapters(adapters)
-    _summary(record, code, time.monotonic() - started, spent)
+    _summary(record, code, time.monotonic() - started, spent, run)
     return code
 
 
-def _spent(fleet: Fleet, row_id: str) -> Ledger | None:
-    """What the run's machines cost, from their transition history (the ledger): every
-    attempt's, for a placement. None if the database cannot say (the run's own
-    outcome matters more than its bill)."""
+def _launched(record: InstanceRecord) -> None:
+    stderr.print(f"launched {record.id} on {record.provider} ({record.instance_type})",
+                 highlight=False)
+
+
+def _recovering(fleet: Fleet, run: Recovering, record: InstanceRecord, options: RunOptions,
+                interrupts: Interrupts) -> int:
+    """The job on each generation until it ends on its own: success, its own failure,
+    or (with ``--recover N``) the N-th replacement lost too (RecoveryExhausted)."""
+    while True:
+        failure: Exception | None = None
+        try:
+            code, unreachable = _job(fleet, record, record.provider, options)
+        except (StepFailed, GpufsmError) as exc:
+            if not options.recover:
+                raise
+            failure, code, unreachable = exc, EXIT_FAILURE, True
+        if code == EXIT_OK or not options.recover:
+            return code
+        why = run.lost(record, settle=options.recover_settle if unreachable else 0.0)
+        if why is None:  # the provider says the machine is fine: the job's own failure
+            if failure is not None:
+                raise failure
+            return code
+        stderr.print(f"generation {run.generation} {why}: replacement "
+                     f"{len(run.ends) + 1} of {options.recover}", highlight=False)
+        with interrupts.shielded():
+            record = run.replace(record, why)
+        _launched(record)
+
+
+def _last(fleet: Fleet, run: Recovering) -> InstanceRecord | None:
+    """The run's last machine as it is now (for the summary), None if none was made."""
+    if run.record is None:
+        return None
     try:
-        row = fleet.get(row_id)
-        rows = fleet.store.attempts(row.placement_id) if row.placement_id else [row]
+        return fleet.get(run.record.id)
+    except GpufsmError:
+        return run.record
+
+
+def _spent(fleet: Fleet, run_id: str) -> Ledger | None:
+    """What the run's machines cost, from their transition history (the ledger): every
+    generation's and every placement attempt's. None if the database cannot say (the
+    run's own outcome matters more than its bill)."""
+    try:
+        rows = fleet.store.generations(run_id)
         histories = fleet.store.history_many(r.id for r in rows)
     except GpufsmError:
         return None
     return Ledger.of(rows, histories, now=fleet.clock.now())
 
 
-def _job(fleet: Fleet, record: InstanceRecord, provider: str, options: RunOptions) -> int:
+def _job(fleet: Fleet, record: InstanceRecord, provider: str, options: RunOptions
+         ) -> tuple[int, bool]:
+    """One generation's job: the exit status, and whether a command's failure may be
+    the machine's (ssh's own 255: the connection, not the command)."""
     with WaitProgress(f"waiting for {record.id[:8]} to be RUNNING") as progress:
         record = fleet.wait_for(record.id, S.RUNNING, timeout=options.timeout,
                                 poll_interval=options.poll_interval, on_progress=progress)
@@ -454,7 +474,7 @@ def _job(fleet: Fleet, record: InstanceRecord, provider: str, options: RunOption
                   interval=min(max(options.poll_interval, 0.2), 5.0))
     if options.upload is not None:
         _upload(target, options.upload, options.remote_dir, options.transfer)
-    code = EXIT_OK
+    code, unreachable = EXIT_OK, False
     cd = remote_path(options.remote_dir)
     for n, command in enumerate(options.commands, 1):
         stderr.print(f"  [{n}/{len(options.commands)}] $ {command}", highlight=False,
@@ -463,19 +483,21 @@ def _job(fleet: Fleet, record: InstanceRecord, provider: str, options: RunOption
         if rc != 0:
             error_line(f"command {n} exited {rc}: {command}"
                        + (" (255: ssh itself may have failed)" if rc == 255 else ""))
-            code = EXIT_FAILURE
+            code, unreachable = EXIT_FAILURE, rc == 255
             break
     for item in options.downloads:
         if not _download(target, item, options.remote_dir):
             code = EXIT_FAILURE
-    return code
+    return code, unreachable
 
 
 def _summary(record: InstanceRecord | None, code: int, elapsed: float,
-             spent: Ledger | None) -> None:
+             spent: Ledger | None, run: Recovering | None) -> None:
     cost = ""
     if spent is not None and spent.rows:
-        cost = f"; cost ${spent.total:.4f} (from its history"
+        machines = sum(1 for row in spent.rows if row.record.provider_instance_id)
+        cost = (f"; cost ${spent.total:.4f} for {machines} machine(s) (from their history"
+                if machines > 1 else f"; cost ${spent.total:.4f} (from its history")
         if spent.burn_rate:
             cost += f"; billing ${spent.burn_rate:.2f}/h until the terminate is confirmed"
         if spent.estimates():
@@ -485,6 +507,8 @@ def _summary(record: InstanceRecord | None, code: int, elapsed: float,
         cost = (f"; about ${record.price_per_hour * elapsed / 3600:.2f} at "
                 f"${record.price_per_hour:.2f}/h")
     state = f"; instance {record.id[:8]} {record.state.value}" if record else ""
+    if run is not None and run.ends:
+        state += f" (generation {run.generation}, after {len(run.ends)} lost)"
     outcome = "succeeded" if code == EXIT_OK else f"failed (exit {code})"
     stderr.print(f"run {outcome} in {elapsed:.0f}s{state}{cost}", highlight=False,
                  markup=False)

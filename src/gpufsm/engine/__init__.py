@@ -18,27 +18,41 @@ from gpufsm.engine._commands import (
     terminate,
 )
 from gpufsm.engine._context import DEFAULT_VISIBILITY_WINDOW, Engine
-from gpufsm.engine._decide import Row, decide, inside_window, row_after, since_accepted
+from gpufsm.engine._decide import (
+    Row,
+    decide,
+    inside_window,
+    row_after,
+    since_accepted,
+    unchanged,
+)
 from gpufsm.engine._decision import Decision, Drift, Health, Need, Step
 from gpufsm.engine._health import gate_health
 from gpufsm.engine._launch import launch
 from gpufsm.engine._observe import apply_one, observe_one
 from gpufsm.engine._placement import PlacementPolicy, cancel, place
+from gpufsm.engine._recovery import LOST_STATES, Driver, Launchable, Recovering, Recovery
+from gpufsm.engine._session import session
 from gpufsm.engine._surplus import sweep_surplus
 from gpufsm.engine._terminate_batch import Ended, terminate_batch
 from gpufsm.engine._waiting import ProgressCallback, wait_for
 
 __all__ = [
     "DEFAULT_VISIBILITY_WINDOW",
+    "LOST_STATES",
     "Decision",
     "Drift",
+    "Driver",
     "Ended",
     "Engine",
     "Health",
+    "Launchable",
     "Need",
     "Outcome",
     "PlacementPolicy",
     "ProgressCallback",
+    "Recovering",
+    "Recovery",
     "Row",
     "Step",
     "adopt",
@@ -57,9 +71,11 @@ __all__ = [
     "refresh",
     "row_after",
     "send_terminate",
+    "session",
     "since_accepted",
     "sweep_surplus",
     "terminate",
     "terminate_batch",
+    "unchanged",
     "wait_for",
 ]

@@ -101,8 +101,10 @@ def call_terminate(engine: Engine, record: InstanceRecord, adapter: ProviderAdap
         raise
 
 
-def refresh(engine: Engine, instance_id: str) -> InstanceRecord:
-    """Read the provider directly and apply what it says. Errors change nothing."""
+def refresh(engine: Engine, instance_id: str, *, grace: bool = True) -> InstanceRecord:
+    """Read the provider directly and apply what it says. Errors change nothing.
+    ``grace=False``: a "failed" inside the command grace is believed (the caller has
+    its own evidence, as a recovering run whose job just lost its machine has)."""
     with engine._lock(instance_id):
         record = engine.store.get(instance_id)
         if record.state is S.TERMINATED:
@@ -120,8 +122,9 @@ def refresh(engine: Engine, instance_id: str) -> InstanceRecord:
             if found is None:
                 return record
     if found is None:
-        return confirm(engine, record, adapter)
-    record = observe_one(engine, record.id, Observation.present(found), engine.actor)
+        return confirm(engine, record, adapter, grace=grace)
+    record = observe_one(engine, record.id, Observation.present(found), engine.actor,
+                         grace=grace)
     if record.state is S.TERMINATING and record.provider_instance_id is not None:
         # terminated while the launch was in doubt: the instance turned up after all,
         # so the terminate we could not send then is sent now

@@ -37,7 +37,8 @@ from gpufsm.machines import (
 )
 from gpufsm.store import InstanceRecord, Move, TrackedInstance
 
-__all__ = ["Row", "decide", "facts_after", "inside_window", "row_after", "since_accepted"]
+__all__ = ["Row", "decide", "facts_after", "inside_window", "row_after", "since_accepted",
+           "unchanged"]
 
 S = InstanceState
 #: A row as the caller holds it: a full record, or the slim view a reconcile pass reads.
@@ -66,7 +67,7 @@ def decide(row: Row, observation: Observation, *, now: datetime, window: float,
         return _absent(row, observation, now, window)
     seen = observation.instance
     assert seen is not None
-    if _unchanged(row, seen):
+    if unchanged(row, seen):
         return NOTHING
     facts = _seen_facts(row, seen, now)
     steps: tuple[Step, ...] = ()
@@ -105,11 +106,13 @@ def _absent(row: Row, observation: Observation, now: datetime, window: float) ->
     return _edge_or_drift(row, Event.OBSERVED_GONE, None, {}, observation.reason, steps=())
 
 
-def _unchanged(row: Row, seen: ProviderInstance) -> bool:
+def unchanged(row: Row, seen: ProviderInstance) -> bool:
     """The provider says exactly what the row holds: the state, the raw status, and every
     fact ``_seen_facts`` would report (so ``_facts`` would find nothing to write). Most
     rows of a pass are this; the answer is the same as the full rules' (a property test
-    holds the two equal), reached without building the facts."""
+    holds the two equal), reached without building the facts. ``decide`` answers
+    NOTHING for such a row, which lets a reconcile pass skip it before any Observation
+    is made (tests/test_reconcile_quiet.py holds that skip to the long way)."""
     return (seen.state is row.state and row.state is not S.CREATING
             and seen.raw_status == row.last_raw_status
             and (seen.ip is None or seen.ip == row.ip)

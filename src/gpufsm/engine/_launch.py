@@ -34,7 +34,7 @@ from gpufsm.errors import (
 )
 from gpufsm.machines import Event, InstanceState
 from gpufsm.specs import InstanceSpec, parse_spec, stored_spec
-from gpufsm.store import InstanceRecord
+from gpufsm.store import InstanceRecord, RunLink
 
 __all__ = ["launch"]
 
@@ -44,8 +44,9 @@ S = InstanceState
 
 
 def launch(engine: Engine, spec: InstanceSpec | Mapping[str, Any], reason: str | None, *,
-           placement_id: str | None = None) -> InstanceRecord:
-    """See ``Fleet.launch``; ``placement_id`` marks the row as an attempt of a placement."""
+           placement_id: str | None = None, run: RunLink | None = None) -> InstanceRecord:
+    """See ``Fleet.launch``; ``placement_id`` marks the row as an attempt of a placement,
+    ``run`` as a generation of a recovering run."""
     spec = parse_spec(spec)
     adapter = engine._adapter(spec.provider)
     adapter.validate(spec)
@@ -56,7 +57,8 @@ def launch(engine: Engine, spec: InstanceSpec | Mapping[str, Any], reason: str |
         client_token=token, tag=ownership_tag(token), name=spec.name, billable=True,
         spec=stored_spec(spec), created_at=now, updated_at=now,
         state_entered_at=now, region=spec.region, instance_type=spec.instance_type,
-        placement_id=placement_id,
+        placement_id=placement_id, run_id=run.run_id if run else None,
+        generation=run.generation if run else None,
     )
     insert(engine, record, reason)
     with engine._lock(record.id):

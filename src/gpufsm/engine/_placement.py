@@ -46,7 +46,7 @@ from gpufsm.machines import InstanceState
 from gpufsm.placement import Catalog, Offer, Requirements, parse_requirements, rank
 from gpufsm.providers import PROVIDERS
 from gpufsm.specs import InstanceSpec, parse_spec, stored_spec
-from gpufsm.store import BlockedOffer, InstanceRecord, PlacementRecord, PlacementState
+from gpufsm.store import BlockedOffer, InstanceRecord, PlacementRecord, PlacementState, RunLink
 
 __all__ = ["PlacementPolicy", "cancel", "describe", "place", "spec_for"]
 
@@ -70,8 +70,9 @@ class PlacementPolicy:
 
 def place(engine: Engine, catalog: Catalog, requirements: Requirements | Mapping[str, Any],
           template: Mapping[str, Any] | None = None, *, reason: str | None = None,
-          policy: PlacementPolicy | None = None) -> InstanceRecord:
-    """See ``Fleet.launch`` with requirements."""
+          policy: PlacementPolicy | None = None, run: RunLink | None = None
+          ) -> InstanceRecord:
+    """See ``Fleet.launch`` with requirements; ``run`` is written on every attempt."""
     requirements = parse_requirements(requirements)
     policy = policy or PlacementPolicy()
     base, stored = check_template(template or {})
@@ -98,7 +99,7 @@ def place(engine: Engine, catalog: Catalog, requirements: Requirements | Mapping
             skipped.append(f"cancelled: {current.reason}")
             break
         got, why = _attempt(engine, placement.id, offer, spec=spec, reason=reason,
-                            policy=policy, n=len(attempts) + 1)
+                            policy=policy, n=len(attempts) + 1, run=run)
         if got is not None:
             return got
         attempts.append((describe(offer), why))
@@ -207,13 +208,13 @@ def _limit_reached(engine: Engine, placement: PlacementRecord, attempts: list[An
 
 
 def _attempt(engine: Engine, placement_id: str, offer: Offer, *, spec: InstanceSpec,
-             reason: str | None, policy: PlacementPolicy, n: int
+             reason: str | None, policy: PlacementPolicy, n: int, run: RunLink | None
              ) -> tuple[InstanceRecord | None, str]:
     """One offer tried: the row kept (ours, or the winner's), or None and why not."""
     why = f"placement {placement_id}, attempt {n}: {describe(offer)}"
     try:
         record = launch(engine, spec, f"{reason}; {why}" if reason else why,
-                        placement_id=placement_id)
+                        placement_id=placement_id, run=run)
     except (InsufficientCapacity, QuotaExceeded) as exc:
         _block(engine, offer, exc, policy)
         return None, f"refused: {exc}"

@@ -7,6 +7,15 @@ history rows go in together first, so the database is ahead of the provider for 
 them at once (a crash after that commit leaves TERMINATING rows the next pass re-issues),
 and the confirming reads are committed as one batch of observations.
 
+Where the adapter can (``BatchTerminate``: Lambda), the committed rows of one provider go
+out in one request per ``terminate_batch_max`` ids, and what the provider answered for
+each id is the look: applied through the same batch of observations a GET would be,
+never read as "gone" by its absence. An id the answer leaves out, and every id of a call
+that raised (a temporary error, or a refusal of the whole request such as Lambda's
+not-found for one unknown id), is sent and looked at one by one, exactly as without the
+capability, so one bad id never holds back the others and every row's history and
+``last_error`` are what the one-by-one path leaves.
+
 Only the plain case is batched: a row with a provider id, not yet TERMINATED, whose lock
 is free and whose version has not moved. Everything else is left out of the answer, and
 the caller sends it through ``terminate``, which handles it one by one as before.
@@ -15,10 +24,11 @@ the caller sends it through ``terminate``, which handles it one by one as before
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
+from gpufsm.adapters import BatchTerminate, Observation, ProviderInstance
 from gpufsm.engine._batch import observe_batch, write_batch
 from gpufsm.engine._commands import call_terminate, look
 from gpufsm.engine._context import Engine
@@ -58,7 +68,7 @@ def terminate_batch(engine: Engine, requests: Sequence[tuple[str, str | None]]
     try:
         built = _intents(engine, requests, records, held, now)
         committed = _commit(engine, built, now)
-        called = [(record, move, _call(engine, record)) for record, move in committed]
+        called = _send(engine, committed)
     finally:
         for lock in held:
             lock.release()
@@ -108,6 +118,59 @@ def _commit(engine: Engine, built: list[tuple[InstanceRecord, Move, TransitionEv
     return committed
 
 
+#: One committed terminate after its call: the row, its move, the call's error, and what
+#: the provider's answer showed of it (None: to be looked at with a GET).
+_Called = tuple[InstanceRecord, Move, ProviderError | None, Observation | None]
+
+
+def _send(engine: Engine, committed: list[tuple[InstanceRecord, Move]]) -> list[_Called]:
+    """Every committed terminate sent: in batches where the adapter can, else one by one."""
+    called: list[_Called] = []
+    for provider, rows in _by_provider(committed).items():
+        adapter = engine._adapter(provider)
+        if not isinstance(adapter, BatchTerminate):
+            called.extend((r, m, _call(engine, r), None) for r, m in rows)
+            continue
+        for chunk in _chunks(rows, max(1, adapter.terminate_batch_max)):
+            answered = _terminate_many(adapter, provider, chunk)
+            for record, move in chunk:
+                assert record.provider_instance_id is not None
+                seen = answered.get(record.provider_instance_id)
+                if seen is not None:
+                    called.append((record, move, None, Observation.present(seen)))
+                else:  # not in the answer, or the call raised: one by one
+                    called.append((record, move, _call(engine, record), None))
+    return called
+
+
+def _terminate_many(adapter: BatchTerminate, provider: str,
+                    chunk: Sequence[tuple[InstanceRecord, Move]]
+                    ) -> Mapping[str, ProviderInstance]:
+    """One batch call; what it answered per provider id, or nothing when it raised (each
+    row is then sent alone, which records its own error as the single path does)."""
+    pids = [r.provider_instance_id for r, _ in chunk if r.provider_instance_id is not None]
+    try:
+        return adapter.terminate_many(pids)
+    except ProviderError as exc:
+        log.info("terminating %d %s instances in one request failed (%s): one by one",
+                 len(pids), provider, exc)
+        return {}
+
+
+def _by_provider(committed: list[tuple[InstanceRecord, Move]]
+                 ) -> dict[str, list[tuple[InstanceRecord, Move]]]:
+    grouped: dict[str, list[tuple[InstanceRecord, Move]]] = {}
+    for record, move in committed:
+        grouped.setdefault(record.provider, []).append((record, move))
+    return grouped
+
+
+def _chunks(rows: list[tuple[InstanceRecord, Move]], size: int
+            ) -> Iterator[list[tuple[InstanceRecord, Move]]]:
+    for start in range(0, len(rows), size):
+        yield rows[start:start + size]
+
+
 def _call(engine: Engine, record: InstanceRecord) -> ProviderError | None:
     """The provider call of one committed intent; its error, recorded on the row."""
     try:
@@ -117,18 +180,16 @@ def _call(engine: Engine, record: InstanceRecord) -> ProviderError | None:
     return None
 
 
-def _looked_at(engine: Engine,
-               called: list[tuple[InstanceRecord, Move, ProviderError | None]]
-               ) -> dict[str, Ended]:
-    """A direct GET of every instance whose terminate was sent, committed as one batch
-    of observations (a failed GET changes nothing, as ``confirm`` does)."""
-    looks = {record.id: look(engine._adapter(record.provider), record)
-             for record, _, error in called if error is None}
-    items = [(record, looks[record.id]) for record, _, error in called if error is None]
+def _looked_at(engine: Engine, called: list[_Called]) -> dict[str, Ended]:
+    """What the batch answer showed of each instance, else a direct GET of it, committed
+    as one batch of observations (a failed GET changes nothing, as ``confirm`` does)."""
+    looks = {record.id: look(engine._adapter(record.provider), record) if answer is None
+             else answer for record, _, error, answer in called if error is None}
+    items = [(record, looks[record.id]) for record, _, error, _ in called if error is None]
     seen = {record.id: outcome for (record, _), outcome
             in zip(items, observe_batch(engine, items, engine.actor), strict=True)}
     ended: dict[str, Ended] = {}
-    for record, move, error in called:
+    for record, move, error, _ in called:
         if error is not None:
             ended[record.id] = Ended(engine.store.get(record.id), (move,), error)
         elif (outcome := seen[record.id]) is not None:

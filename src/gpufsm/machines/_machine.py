@@ -92,7 +92,7 @@ def _guards_allow(event_data: Any) -> bool:
         token.refusal = needed[1]
         return False
     if token.guards:
-        ctx = GuardContext(token.instance_id, InstanceState(event_data.state.name),
+        ctx = GuardContext(token.instance_id, _STATE_OF[event_data.state.name],
                            token.event, token.capabilities, token.instance)
         for guard in token.guards:
             reason = guard(ctx)
@@ -124,7 +124,12 @@ def _build(table: Sequence[Transition]) -> Machine:
 
 
 MACHINE: Machine = _build(TRANSITIONS)
-_EVENTS = MACHINE.events
+#: Each event's ``trigger`` on the shared machine, and each state by its name: plain dict
+#: reads where ``MACHINE.events[event.value]`` and ``InstanceState(name)`` (an enum's
+#: value lookup, ~0.4 µs) cost a tenth of ``check`` between them.
+_TRIGGER: dict[Event, Callable[[_Token], bool]] = {
+    e: MACHINE.events[e.value].trigger for e in Event if e.value in MACHINE.events}
+_STATE_OF: dict[str, InstanceState] = {s.value: s for s in InstanceState}
 
 
 def check(
@@ -145,7 +150,7 @@ def check(
     """
     token = _Token(instance_id, state, event, capabilities, guards=guards, instance=instance)
     try:
-        moved = _EVENTS[event.value].trigger(token)
+        moved = _TRIGGER[event](token)
     except MachineError:
         raise TransitionNotAllowed(
             instance_id, state.value, event.value, f"no {event.value} edge from {state.value}"
@@ -154,4 +159,4 @@ def check(
         raise TransitionNotAllowed(
             instance_id, state.value, event.value, token.refusal or "refused by a guard"
         )
-    return InstanceState(token.state)
+    return _STATE_OF[token.state]

@@ -4,10 +4,12 @@ Sits on top of the engine (``Fleet``): every change it makes goes through the sa
 commands and observations a user's would, with the same guards and history.
 """
 
+from gpufsm.reconcile._budget import SpendBudget, spend_budget
 from gpufsm.reconcile._config import DEFAULT_DEADLINES, OrphanPolicy, ReconcileConfig
 from gpufsm.reconcile._daemon import run_forever
 from gpufsm.reconcile._destroy import DestroyResult, DestroyTarget, destroy_all, destroy_targets
-from gpufsm.reconcile._pass import Reconciler, live_row
+from gpufsm.reconcile._listing import live_row
+from gpufsm.reconcile._pass import Reconciler
 from gpufsm.reconcile._policy import (
     Action,
     Policy,
@@ -32,6 +34,7 @@ __all__ = [
     "ReconcileConfig",
     "Reconciler",
     "Snapshot",
+    "SpendBudget",
     "destroy_all",
     "destroy_targets",
     "hourly_budget",
@@ -40,4 +43,5 @@ __all__ = [
     "live_row",
     "max_lifetime",
     "run_forever",
+    "spend_budget",
 ]

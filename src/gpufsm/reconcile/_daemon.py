@@ -31,12 +31,18 @@ log = logging.getLogger("gpufsm.reconcile")
 #: call, so it must not make an unchanged problem look new.
 _REQUEST_ID = re.compile(r" \(request [^)]*\)")
 
+#: Figures in an alert's text (dollars spent, burn, hours left, a clock time): they move
+#: every pass while the alert stands, which must not log it anew each pass.
+_FIGURES = re.compile(r"\d[\d,.:\-]*")
+
 _ProblemKey = tuple[str, str, str | None, str]
 
 
 def _key(problem: Problem) -> _ProblemKey:
-    return (problem.kind, problem.provider, problem.instance_id,
-            _REQUEST_ID.sub("", problem.message))
+    message = _REQUEST_ID.sub("", problem.message)
+    if problem.kind == "alert":
+        message = _FIGURES.sub("#", message)
+    return (problem.kind, problem.provider, problem.instance_id, message)
 
 
 def _describe(problem: Problem) -> str:

@@ -17,7 +17,7 @@ from gpufsm.adapters import ProviderInstance
 from gpufsm.errors import GpufsmError
 from gpufsm.fleet import Fleet
 from gpufsm.machines import InstanceState
-from gpufsm.reconcile._pass import live_row
+from gpufsm.reconcile._listing import live_row
 
 __all__ = ["DestroyResult", "DestroyTarget", "destroy_all", "destroy_targets"]
 

@@ -7,12 +7,13 @@ history, intent first). Register your own with ``Reconciler(policies=[...])``.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 
+from gpufsm.ledger import Ledger
 from gpufsm.machines import InstanceState
-from gpufsm.store import InstanceRecord
+from gpufsm.store import InstanceRecord, TransitionRecord
 
 __all__ = [
     "Action",
@@ -30,23 +31,46 @@ _BILLING = (S.CREATING, S.CREATED, S.STARTING, S.RUNNING, S.STOPPING, S.FAILED)
 
 @dataclass(frozen=True, slots=True)
 class Snapshot:
-    """What a policy may look at: the instances, the clock, and provider alarms."""
+    """What a policy may look at: the instances, the clock, and provider alarms.
+
+    ``instances`` are the rows the policy may act on (with leases, this daemon's own).
+    ``spent`` and ``histories`` are what spend is counted from: every row that may have
+    billed inside the spend policies' windows, every daemon's, with their histories.
+    The reconciler reads them only when a policy asks (it has ``spend_since``), because
+    histories of a whole fleet are not free; otherwise they are empty.
+    """
 
     now: datetime
     instances: tuple[InstanceRecord, ...]
     credit_exhausted: frozenset[str] = frozenset()
+    spent: tuple[InstanceRecord, ...] = ()
+    histories: Mapping[str, Sequence[TransitionRecord]] = field(default_factory=dict)
 
     def billing(self) -> list[InstanceRecord]:
         """Instances that may be costing GPU money right now."""
         return [r for r in self.instances if r.state in _BILLING and r.billable]
 
+    def ledger(self, since: datetime | None,
+               rows: Iterable[InstanceRecord] | None = None) -> Ledger:
+        """What ``rows`` cost from ``since`` (None: all time) to now. By default ``spent``,
+        and any of ``instances`` not among them (a snapshot built by hand may give only
+        those): rows with nothing inside the window add nothing."""
+        if rows is None:
+            counted = {r.id: r for r in self.instances}
+            counted.update((r.id, r) for r in self.spent)
+            rows = counted.values()
+        return Ledger.of(rows, self.histories, now=self.now, since=since)
+
 
 @dataclass(frozen=True, slots=True)
 class Action:
-    """``kind`` is terminate, stop or alert; ``policy`` names who asked, for the history."""
+    """``kind`` is terminate, stop or alert; ``policy`` names who asked, for the history.
+
+    ``instance_id`` None: an alert about no one instance (a fleet over its budget).
+    """
 
     kind: str
-    instance_id: str
+    instance_id: str | None
     policy: str
     reason: str
 

@@ -115,6 +115,16 @@ class PlacementTable(SqlBase):
         with self._tx() as conn:
             return [self._record(r) for r in conn.execute(query)]
 
+    def find_run(self, prefix: str) -> str | None:
+        """The run whose id is ``prefix`` or starts with it, if exactly one does."""
+        if not prefix:
+            return None
+        query = (select(_I.c.run_id).where(_I.c.run_id.startswith(prefix, autoescape=True))
+                 .distinct().limit(2))
+        with self._tx() as conn:
+            found = [r[0] for r in conn.execute(query)]
+        return found[0] if len(found) == 1 else None
+
     def surplus_rows(self) -> list[SurplusRow]:
         """Live, billable attempts whose request may not keep them, or may now choose
         one: the placement FAILED, or its winner is another row, or it is OPEN with no

@@ -46,6 +46,10 @@ class InstanceRows(Protocol):
     is ``find`` for many tags and provider ids at once; ``history_many`` is ``history``
     for many rows (id → its history, oldest first), and ``get_many`` is ``get`` for
     many rows (id → record; missing ids left out).
+
+    For spend budgets: ``rows_since`` is every row that may have billed at or after a
+    time (not finished, or finished since), and ``rows_of_runs`` every row of some
+    recovering runs and placements; both full records, oldest first.
     """
 
     def insert(self, record: InstanceRecord, *, actor: str, reason: str | None = None,
@@ -83,6 +87,11 @@ class InstanceRows(Protocol):
     def list_tracked(self, *, provider: str | None = None,
                      states: Iterable[InstanceState] | None = None
                      ) -> Sequence[TrackedInstance]: ...
+
+    def rows_since(self, since: datetime) -> Sequence[InstanceRecord]: ...
+
+    def rows_of_runs(self, *, run_ids: Iterable[str] = (),
+                     placement_ids: Iterable[str] = ()) -> Sequence[InstanceRecord]: ...
 
     def history(self, instance_id: str) -> Sequence[TransitionRecord]: ...
 
@@ -135,6 +144,8 @@ class Placements(Protocol):
     def attempts(self, placement_id: str) -> Sequence[InstanceRecord]: ...
 
     def generations(self, run_id: str) -> Sequence[InstanceRecord]: ...
+
+    def find_run(self, prefix: str) -> str | None: ...
 
     def surplus_rows(self) -> Sequence[SurplusRow]: ...
 

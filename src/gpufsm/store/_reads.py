@@ -4,9 +4,10 @@ tag, whole lists (full records or the slim view a reconcile pass holds)."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
+from datetime import datetime
 from typing import Any, TypeVar, cast
 
-from sqlalchemy import bindparam, select
+from sqlalchemy import and_, bindparam, not_, or_, select
 
 from gpufsm.errors import InstanceNotFound
 from gpufsm.machines import InstanceState
@@ -18,6 +19,7 @@ from gpufsm.store._columns import INSTANCES as _I
 from gpufsm.store._columns import (
     RECORD_SELECT,
     TRACKED_SELECT,
+    aware,
     chunks,
     drift_record,
     transition_record,
@@ -88,6 +90,44 @@ class RowReads(SqlBase):
         rows load in a fraction of the time and memory of 100k InstanceRecords.
         """
         return self._listed(columns.tracked_reader(self._sqlite), True, provider, states)
+
+    def rows_since(self, since: datetime) -> Sequence[InstanceRecord]:
+        """Every row that may have billed at or after ``since``, oldest first: what a
+        spend budget over a window reads (its ledger clips each row to the window).
+
+        That is every row not finished, and the finished ones that finished at or after
+        ``since``. Finished: TERMINATED, or FAILED and not billable (neither bills from
+        the time it entered that state on, so one that entered it before ``since`` has
+        nothing inside the window). Rows finished long ago, the bulk of an old
+        database, are never read.
+        """
+        aware(since)
+        finished = or_(_I.c.state == InstanceState.TERMINATED.value,
+                       and_(_I.c.state == InstanceState.FAILED.value,
+                            _I.c.billable.is_(False)))
+        query = (select(*RECORD_SELECT)
+                 .where(or_(not_(finished), _I.c.state_entered_at >= since))
+                 .order_by(_I.c.created_at, _I.c.id))
+        with self._tx() as conn:
+            return [self._record(r) for r in conn.execute(query)]
+
+    def rows_of_runs(self, *, run_ids: Iterable[str] = (),
+                     placement_ids: Iterable[str] = ()) -> Sequence[InstanceRecord]:
+        """Every row of these recovering runs (``run_id``) and placements
+        (``placement_id``), any state, oldest first; a row matching both comes once.
+
+        ``generations`` and ``attempts`` for many at once: a budget on each run's own
+        total reads the runs of every row a pass watches in one query per chunk.
+        """
+        found: dict[str, InstanceRecord] = {}
+        with self._tx() as conn:
+            for column, values in ((_I.c.run_id, sorted(set(run_ids))),
+                                   (_I.c.placement_id, sorted(set(placement_ids)))):
+                for chunk in chunks(values, columns.ID_CHUNK):
+                    for row in conn.execute(select(*RECORD_SELECT).where(column.in_(chunk))):
+                        record = self._record(row)
+                        found.setdefault(record.id, record)
+        return sorted(found.values(), key=lambda r: (r.created_at, r.id))
 
     def find_tracked(self, provider: str, *, tags: Iterable[str] = (),
                      provider_instance_ids: Iterable[str] = ()) -> Sequence[TrackedInstance]:

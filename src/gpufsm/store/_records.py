@@ -79,6 +79,15 @@ class InstanceRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class RunLink:
+    """The recovering run a launch belongs to, and which generation it is: written on
+    the new row (and on every attempt of its placement) in the launch's own insert."""
+
+    run_id: str
+    generation: int
+
+
+@dataclass(frozen=True, slots=True)
 class TransitionRecord:
     """One applied transition, appended in the same transaction as the state change."""
 

@@ -17,7 +17,10 @@ timeout is a 504; the simulator's "no credit" is Lambda's launch-time billing re
 403 ``global/invalid-address``; restarting an instance in the wrong state is a 400
 ``global/invalid-parameters``; adding a key under a name already taken, and deleting a
 key id that does not exist, are 400 ``global/invalid-parameters`` (the only error those
-paths document).
+paths document). A terminate takes many ``instance_ids`` at once: one id the account does
+not hold refuses the whole request (404 ``global/object-does-not-exist``, the one error
+the path documents for an instance) and terminates none; an id already terminating, or
+terminated and still listed, is answered as it stands (terminating it again is no error).
 """
 
 from __future__ import annotations
@@ -309,7 +312,8 @@ class LambdaDialect:
 
     def _terminate(self, request: EmulatorRequest) -> EmulatorResponse:
         ids = _instance_ids(request)
-        # Lambda answers not-found for an unknown id (the simulator alone would not).
+        # Lambda answers not-found for an unknown id (the simulator alone would not), for
+        # the whole request: nothing is terminated (see the module docstring).
         if any(self._existing(pid) is None for pid in ids):
             return _instance_not_found()
         for pid in ids:
