@@ -21,8 +21,11 @@ before gpufsm's, its writes undone in between; the rows give gpufsm's ratio to i
 Daemons: the same world on PostgreSQL, a third of the instances dead, and either one
 daemon or three (processes, each with its own store, adapter and lease name, started
 and connected before the clock starts) running one pass at the same moment. Actions are
-terminate requests the emulator answered; a *double* is a second terminate for the
-same instance.
+instances the emulator terminated; a *double* is a second terminate for the same
+instance. By default each terminate is a request of its own, as on Vast.ai, RunPod and
+Novita, which have no batched terminate: that is the work sharing rows across daemons
+speeds up. ``batched=True`` keeps Lambda's batched terminate (100 ids a request), where
+one daemon's pass is one request however many die.
 """
 
 from __future__ import annotations
@@ -392,15 +395,29 @@ class DaemonResult:
         return statistics.median(self.ratios)
 
 
-def _daemon_child(url: str, base_url: str, name: str, batch: int | None, now: datetime,
-                  ready: Any, go: Any, results: Any) -> None:
+class _OneByOne:
+    """Lambda's adapter as Vast's, RunPod's and Novita's are: no ``terminate_many``, so
+    the engine sends each terminate alone (``BatchTerminate`` is checked by attribute)."""
+
+    def __init__(self, inner: LambdaCloudAdapter) -> None:
+        self._inner = inner
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "terminate_many":
+            raise AttributeError(name)
+        return getattr(self._inner, name)
+
+
+def _daemon_child(url: str, base_url: str, name: str, batch: int | None, batched: bool,
+                  now: datetime, ready: Any, go: Any, results: Any) -> None:
     """One reconcile daemon, a process of its own as in production: one pass on ``go``."""
     store = SqlInstanceStore(url)
     clock = FakeClock(now)
     adapter = LambdaCloudAdapter(SecretStr(KEY), base_url=base_url, rate_limits={},
                                  clock=clock, retry=RetryPolicy(attempts=3, initial=0.01))
     try:
-        fleet = Fleet(store, [adapter], clock=clock, actor=name)
+        used: Any = adapter if batched else _OneByOne(adapter)
+        fleet = Fleet(store, [used], clock=clock, actor=name)
         reconciler = Reconciler(fleet, ReconcileConfig(lease_ttl=600, lease_batch=batch),
                                 actor=name)
         store.list_tracked(provider="warm-up")  # connect and compile before the start
@@ -419,7 +436,8 @@ def _daemon_child(url: str, base_url: str, name: str, batch: int | None, now: da
         store.close()
 
 
-def _together(url: str, world: World, daemons: int, batch: int | None) -> float:
+def _together(url: str, world: World, daemons: int, batch: int | None, batched: bool
+              ) -> float:
     """One pass of each daemon process at the same moment; seconds until the last ends.
 
     Processes, not threads: daemons are processes in production, and threads of one
@@ -429,8 +447,8 @@ def _together(url: str, world: World, daemons: int, batch: int | None) -> float:
     ctx = multiprocessing.get_context("spawn")
     ready, go, results = ctx.Semaphore(0), ctx.Event(), ctx.Queue()
     procs = [ctx.Process(target=_daemon_child, args=(url, world.server.url, f"daemon-{d}",
-                                                      batch, world.clock.now(), ready, go,
-                                                      results))
+                                                      batch, batched, world.clock.now(),
+                                                      ready, go, results))
              for d in range(daemons)]
     for proc in procs:
         proc.start()
@@ -452,8 +470,8 @@ def _together(url: str, world: World, daemons: int, batch: int | None) -> float:
     return max(f[2] for f in finished) - min(f[1] for f in finished)
 
 
-def _daemons_once(pg_url: str, *, instances: int, daemons: int, latency: float
-                  ) -> tuple[float, int, int]:
+def _daemons_once(pg_url: str, *, instances: int, daemons: int, latency: float,
+                  batched: bool) -> tuple[float, int, int]:
     """(actions/s, actions, doubles) for ``daemons`` daemons sharing one PostgreSQL."""
     with postgres_schema(pg_url) as (url, _schema):
         world = build_world(instances, url=url, http=True, dead_fraction=1 / 3,
@@ -463,7 +481,7 @@ def _daemons_once(pg_url: str, *, instances: int, daemons: int, latency: float
             if latency:  # every answer takes this long, as a remote API's would
                 world.server.inject(HttpFault("slow", times=1 << 40, delay=latency))
             batch = -(-instances // daemons) if daemons > 1 else None
-            took = _together(url, world, daemons, batch)
+            took = _together(url, world, daemons, batch, batched)
             actions = sum(world.terminates.values())
             doubles = sum(c - 1 for c in world.terminates.values() if c > 1)
             if set(world.terminates) != set(world.died):
@@ -475,7 +493,8 @@ def _daemons_once(pg_url: str, *, instances: int, daemons: int, latency: float
 
 
 def run_daemons(pg_url: str, *, instances: int, rounds: int, latency: float,
-                progress: Callable[[str], None] | None = None) -> DaemonResult:
+                batched: bool = False, progress: Callable[[str], None] | None = None
+                ) -> DaemonResult:
     """Alternate one daemon and three, ``rounds`` times each, on fresh schemas."""
     one: list[float] = []
     three: list[float] = []
@@ -485,7 +504,7 @@ def run_daemons(pg_url: str, *, instances: int, rounds: int, latency: float,
         got: dict[int, float] = {}
         for count in order:
             rate, acted, double = _daemons_once(pg_url, instances=instances, daemons=count,
-                                                latency=latency)
+                                                latency=latency, batched=batched)
             got[count] = rate
             actions, doubles = acted, doubles + double
             if progress is not None:
