@@ -161,6 +161,23 @@ def test_a_machine_terminated_on_purpose_is_not_replaced(fleet: Fleet,
     assert len(run_rows(fleet, run.run_id)) == 1
 
 
+def test_a_lost_machine_cleaned_up_by_the_reconciler_first_is_still_replaced(
+        fleet: Fleet, cloud: SimulatedCloud) -> None:
+    """The reconciler (terminate_failed) ended the preempted machine before the run
+    looked: it terminated a loss, it did not decide to end the run."""
+    def job(record: InstanceRecord) -> str:
+        if record.generation == 1:
+            cloud.preempt(record.provider_instance_id or "")
+            fleet.refresh(record.id, grace=False)  # the reconciler's pass sees FAILED
+            fleet.terminate(record.id, reason="reconciler: FAILED and billable")
+            raise ConnectionError("ssh: connection closed")
+        return "second"
+
+    with fleet.session(SPEC, timeout=600, recovery=1) as run:
+        assert run.run(job) == "second"
+    assert run.ends[0].endswith("(FAILED, then terminated by test)")
+
+
 def test_ctrl_c_while_a_replacement_is_launched_leaks_nothing(
         fleet: Fleet, cloud: SimulatedCloud) -> None:
     """The replacement's machine exists, the answer never came back (Ctrl-C inside the

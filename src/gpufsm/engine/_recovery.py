@@ -33,7 +33,7 @@ from gpufsm.errors import GpufsmError, RecoveryExhausted, ValidationError
 from gpufsm.machines import Event, InstanceState
 from gpufsm.placement import Requirements
 from gpufsm.specs import InstanceSpec
-from gpufsm.store import InstanceRecord, InstanceStore, RunLink
+from gpufsm.store import InstanceRecord, InstanceStore, RunLink, TransitionRecord
 
 __all__ = ["LOST_STATES", "Driver", "Launchable", "Recovering", "Recovery"]
 
@@ -155,10 +155,15 @@ class Recovering:
                 log.warning("run %s: cannot look at %s (%s): not taken as lost",
                             self.run_id, record.id, exc)
                 return None
-            if _ended_on_purpose(now):
+            asked = self._terminate_asked(now)
+            if asked is not None and asked.from_state not in LOST_STATES:
                 raise RecoveryExhausted(self.run_id, (*self.ends, (
-                    f"its machine {record.id[:8]} was terminated on purpose "
-                    f"({self._why_terminated(now)}): not replaced")))
+                    f"its machine {record.id[:8]} was terminated on purpose (by "
+                    f"{asked.actor}: {asked.reason or 'no reason given'}): not replaced")))
+            if asked is not None:  # lost first, then cleaned up (a reconciler ends FAILED)
+                return (f"lost its machine {record.id[:8]} on {record.provider} "
+                        f"({asked.from_state.value if asked.from_state else '?'}, then "
+                        f"terminated by {asked.actor})")
             if now.state in LOST_STATES:
                 said = (f", provider reports {now.last_raw_status!r}"
                         if now.last_raw_status else "")
@@ -168,9 +173,16 @@ class Recovering:
                 return None
             clock.sleep(min(self.poll_interval, max(0.0, deadline - clock.monotonic())))
 
-    def _why_terminated(self, row: InstanceRecord) -> str:
-        asked = [h for h in self.driver.store.history(row.id) if h.event is Event.TERMINATE]
-        return f"by {asked[-1].actor}: {asked[-1].reason}" if asked else "by someone"
+    def _terminate_asked(self, row: InstanceRecord) -> TransitionRecord | None:
+        """The terminate command that took the machine, if one did (its first send, not
+        a re-issue): from a state the machine does not leave by itself, it merely
+        cleaned up a loss; from any other, someone decided to end it."""
+        if not (row.state is S.TERMINATING or (row.state is S.TERMINATED
+                                               and row.previous_state is S.TERMINATING)):
+            return None
+        return next((h for h in reversed(self.driver.store.history(row.id))
+                     if h.event is Event.TERMINATE and h.from_state is not S.TERMINATING),
+                    None)
 
     def replace(self, record: InstanceRecord, why: str) -> InstanceRecord:
         """End ``record``'s generation and launch the next; RecoveryExhausted when no
@@ -236,10 +248,3 @@ class Recovering:
         self._sent.update(r.id for r in rows if r.state in (S.TERMINATING, S.TERMINATED)
                           and r.last_error is None)
         return rows
-
-
-def _ended_on_purpose(row: InstanceRecord) -> bool:
-    """A terminate command took the machine (TERMINATING, or TERMINATED from there), as
-    opposed to the provider ending it (preempted, failed, reported gone)."""
-    return row.state is S.TERMINATING or (row.state is S.TERMINATED
-                                          and row.previous_state is S.TERMINATING)
