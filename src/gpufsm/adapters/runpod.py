@@ -110,15 +110,8 @@ from gpufsm.machines import Capabilities
 from gpufsm.providers import PROVIDERS
 from gpufsm.specs import InstanceSpec
 
-__all__ = [
-    "RUNPOD_ENDPOINTS",
-    "RUNPOD_ERRORS",
-    "RUNPOD_RATE_LIMITS",
-    "RUNPOD_STATUSES",
-    "RunPodAdapter",
-    "map_runpod_error",
-    "runpod_raw_status",
-]
+__all__ = ["RUNPOD_ENDPOINTS", "RUNPOD_ERRORS", "RUNPOD_RATE_LIMITS", "RUNPOD_STATUSES",
+           "RunPodAdapter", "map_runpod_error", "runpod_raw_status"]
 
 log = logging.getLogger("gpufsm.adapters.runpod")
 
