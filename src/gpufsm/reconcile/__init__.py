@@ -4,7 +4,7 @@ Sits on top of the engine (``Fleet``): every change it makes goes through the sa
 commands and observations a user's would, with the same guards and history.
 """
 
-from gpufsm.reconcile._budget import SpendBudget, spend_budget
+from gpufsm.reconcile._budget import SpendBudget, SpendPolicy, spend_budget
 from gpufsm.reconcile._config import DEFAULT_DEADLINES, OrphanPolicy, ReconcileConfig
 from gpufsm.reconcile._daemon import run_forever
 from gpufsm.reconcile._destroy import DestroyResult, DestroyTarget, destroy_all, destroy_targets
@@ -35,6 +35,7 @@ __all__ = [
     "Reconciler",
     "Snapshot",
     "SpendBudget",
+    "SpendPolicy",
     "destroy_all",
     "destroy_targets",
     "hourly_budget",

@@ -25,16 +25,30 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Protocol, runtime_checkable
 
 from gpufsm.errors import ValidationError
 from gpufsm.ledger import Ledger
 from gpufsm.reconcile._policy import Action, Snapshot
 from gpufsm.store import InstanceRecord, InstanceRows, TransitionRecord
 
-__all__ = ["WINDOWS", "SpendBudget", "read_spend", "run_key", "spend_budget", "window_start"]
+__all__ = ["WINDOWS", "SpendBudget", "SpendPolicy", "read_spend", "run_key", "spend_budget",
+           "window_start"]
 
 #: The windows a budget counts over; docs/cost.md says what each one is.
 WINDOWS = ("day", "month", "run")
+
+
+@runtime_checkable
+class SpendPolicy(Protocol):
+    """A policy that counts spend (``SpendBudget``, or one of your own): it says how far
+    back the rows it counts go, so the reconciler reads histories for it, and only it."""
+
+    def __call__(self, snap: Snapshot) -> Iterable[Action]: ...
+
+    def spend_since(self, now: datetime) -> datetime | None:
+        """The start of its window at ``now``; None: every row of the runs watched."""
+        ...
 
 
 def run_key(record: InstanceRecord) -> str:
@@ -184,7 +198,7 @@ def read_spend(store: InstanceRows, policies: Iterable[object],
     start (every daemon's: spend is the account's); a ``run`` window (None) every row
     of the runs of ``watched``.
     """
-    sinces = [ask(now) for p in policies if callable(ask := getattr(p, "spend_since", None))]
+    sinces = [p.spend_since(now) for p in policies if isinstance(p, SpendPolicy)]
     if not sinces:
         return (), {}
     rows: dict[str, InstanceRecord] = {}

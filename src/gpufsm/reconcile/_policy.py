@@ -36,7 +36,7 @@ class Snapshot:
     ``instances`` are the rows the policy may act on (with leases, this daemon's own).
     ``spent`` and ``histories`` are what spend is counted from: every row that may have
     billed inside the spend policies' windows, every daemon's, with their histories.
-    The reconciler reads them only when a policy asks (it has ``spend_since``), because
+    The reconciler reads them only when a policy asks (a ``SpendPolicy``), because
     histories of a whole fleet are not free; otherwise they are empty.
     """
 
