@@ -1,7 +1,8 @@
 """Batched terminates through an adapter that terminates many ids in one request
 (``BatchTerminate``): one call per batch, the answer taken as the look, and every failure
 (a temporary error, a refusal of the whole request, an id the answer leaves out) sent
-and looked at one by one, as an adapter without the capability is.
+and looked at one by one, as an adapter without the capability is, until a single call
+is refused for the whole account (a revoked key): then nothing more is sent that pass.
 
 The in-process half runs a ``SimulatedCloud`` given the capability here (``BatchSim``:
 its ``terminate_many`` calls the simulator's ``terminate`` per id, so ``fail_next``
@@ -20,7 +21,13 @@ import pytest
 from gpufsm import Fleet, InstanceState
 from gpufsm.adapters import BatchTerminate, ProviderInstance, RetryPolicy
 from gpufsm.adapters.lambda_cloud import LambdaCloudAdapter
-from gpufsm.errors import ProviderNotFound
+from gpufsm.errors import (
+    AuthError,
+    InsufficientCredit,
+    ProviderError,
+    ProviderNotFound,
+    QuotaExceeded,
+)
 from gpufsm.machines import Capabilities, Event
 from gpufsm.reconcile import ReconcileConfig, Reconciler
 from gpufsm.store import SqlInstanceStore
@@ -37,7 +44,9 @@ class BatchSim(SimulatedCloud):
     """The simulated cloud with Lambda's many-ids terminate: all or nothing when an id is
     unknown (not-found for the whole request), each id through ``terminate`` (so its
     faults fire), the answer the instances as they now stand; ``leave_out`` ids are
-    terminated but missing from the answer."""
+    terminated but missing from the answer; with ``account_error`` set (a revoked key)
+    every terminate, batched or single, is refused with it (``refused`` counts the
+    single ones)."""
 
     terminate_batch_max = 3
 
@@ -45,18 +54,28 @@ class BatchSim(SimulatedCloud):
         super().__init__(*args, **kwargs)
         self.batches: list[list[str]] = []
         self.leave_out: set[str] = set()
+        self.account_error: ProviderError | None = None
+        self.refused: list[str] = []
 
     def terminate_many(self, provider_instance_ids: Sequence[str]
                        ) -> Mapping[str, ProviderInstance]:
         ids = list(provider_instance_ids)
         assert 0 < len(ids) <= self.terminate_batch_max
         self.batches.append(ids)
+        if self.account_error is not None:
+            raise self.account_error
         if any(self._gone(pid) for pid in ids):
             raise ProviderNotFound("an instance does not exist", provider=self.name)
         for pid in ids:
             self.terminate(pid)
         return {pid: self._view(self.instance(pid)) for pid in ids
                 if pid not in self.leave_out}
+
+    def terminate(self, provider_instance_id: str) -> None:
+        if self.account_error is not None:
+            self.refused.append(provider_instance_id)
+            raise self.account_error
+        super().terminate(provider_instance_id)
 
     def _gone(self, pid: str) -> bool:
         try:
@@ -247,6 +266,80 @@ def test_a_crash_before_the_call_leaves_rows_the_next_pass_re_issues(
     assert not batch_cloud.live_instances()
 
 
+ACCOUNT_ERRORS = [
+    AuthError("invalid API key", provider="sim", code="global/invalid-api-key",
+              status_code=401),
+    InsufficientCredit("the account cannot pay", provider="sim", code="credit"),
+    QuotaExceeded("account limit reached", provider="sim", code="quota"),
+]
+
+
+@pytest.mark.parametrize("refusal", ACCOUNT_ERRORS, ids=lambda e: type(e).__name__)
+def test_an_account_wide_refusal_stops_the_pass_sending(
+        store: SqlInstanceStore, batch_cloud: BatchSim, clock: FakeClock,
+        refusal: ProviderError) -> None:
+    """Eight rows in chunks of 3, 3, 2; the key is refused for everything: one batch,
+    one single (the proof), then nothing more: not the rest of that chunk, not the later
+    chunks. Every row stays TERMINATING (nothing concluded, no GET), its error the
+    refusal's class and text, the unsent ones marked so; the next pass re-issues them."""
+    fleet, ids = _world(store, batch_cloud, clock, 8)
+    pids = [_pid(fleet, i) for i in ids]
+    batch_cloud.account_error = refusal
+    ended = fleet._terminate_outcomes([(i, "done") for i in ids])
+    assert batch_cloud.batches == [pids[:3]]
+    assert batch_cloud.refused == [pids[0]]
+    assert batch_cloud.calls["get"] == 0
+    name = type(refusal).__name__
+    for n, i in enumerate(ids):
+        row = fleet.get(i)
+        assert row.state is S.TERMINATING
+        assert row.last_error is not None and row.last_error.startswith(f"{name}: sim: ")
+        assert str(refusal.message) in row.last_error and f"[{refusal.code}]" in row.last_error
+        not_sent = f"(not sent: the same account-wide error refused {pids[0]})"
+        assert (not_sent in row.last_error) is (n > 0)
+        assert type(ended[i].error) is type(refusal)
+        assert ended[i].after == row
+    batch_cloud.account_error = None  # the key restored: the next pass sends them all
+    ended = fleet._terminate_outcomes([(i, "again") for i in ids])
+    assert batch_cloud.batches[1:] == [pids[:3], pids[3:6], pids[6:]]
+    assert all(e.error is None for e in ended.values())
+    assert [fleet.get(i).last_raw_status for i in ids] == ["terminating"] * 8
+
+
+@pytest.mark.parametrize("fault", ["invalid", "unavailable", "rate_limit", "timeout"])
+def test_an_error_about_one_id_or_temporary_stops_nothing(
+        store: SqlInstanceStore, batch_cloud: BatchSim, clock: FakeClock,
+        fault: str) -> None:
+    """A refusal of this instance (its state) or a temporary error, on the batch and on
+    the first single: that row keeps the error, the rest of the chunk is still sent
+    alone, the later chunks still batched; no row says "not sent"."""
+    fleet, ids = _world(store, batch_cloud, clock, 8)
+    pids = [_pid(fleet, i) for i in ids]
+    batch_cloud.fail_next("terminate", fault, times=2)
+    ended = fleet._terminate_outcomes([(i, "done") for i in ids])
+    assert batch_cloud.batches == [pids[:3], pids[3:6], pids[6:]]
+    assert batch_cloud.calls["terminate"] == 1 + 3 + 3 + 2  # batch's first; alone; batched
+    assert [i for i in ids if ended[i].error is not None] == [ids[0]]
+    assert [fleet.get(i).state for i in ids] == [S.TERMINATING] * 8
+    assert all(fleet.get(i).last_error is None for i in ids[1:])
+    assert "not sent" not in (fleet.get(ids[0]).last_error or "")
+
+
+def test_a_not_found_in_the_fallback_still_sends_the_rest(
+        store: SqlInstanceStore, batch_cloud: BatchSim, clock: FakeClock) -> None:
+    """One unknown id in the middle chunk: that chunk alone, each id sent (the unknown
+    one is done), and the chunk after it still goes out batched."""
+    fleet, ids = _world(store, batch_cloud, clock, 8)
+    pids = [_pid(fleet, i) for i in ids]
+    batch_cloud.vanish(pids[4])
+    ended = fleet._terminate_outcomes([(i, "done") for i in ids])
+    assert batch_cloud.batches == [pids[:3], pids[3:6], pids[6:]]
+    assert batch_cloud.calls["terminate"] == 3 + 3 + 2
+    assert all(e.error is None for e in ended.values())
+    assert all(fleet.get(i).last_error is None for i in ids)
+    assert [fleet.get(i).state for n, i in enumerate(ids) if n != 4] == [S.TERMINATING] * 7
+
+
 # ---- over HTTP: the Lambda adapter and its emulator --------------------------------------
 
 KEY = "batch-terminate-key"
@@ -332,3 +425,60 @@ def test_a_failing_batch_over_http_is_sent_one_by_one(
     assert sent == [503, 503, 503, 200, 200, 200]
     assert [fleet.get(i).state for i in ids] == [S.TERMINATING] * 3
     assert all(fleet.get(i).last_error is None for i in ids)
+
+
+def test_a_revoked_key_over_http_costs_two_requests_not_250(
+        store: SqlInstanceStore, clock: FakeClock) -> None:
+    """250 rows (chunks of 100, 100, 50) and an inactive account: the first batch and
+    one single are refused (403), nothing else is sent; every row is TERMINATING with
+    the error. The next pass re-issues them with the key revoked (401): two requests
+    again. The key back: three batches, no single."""
+    cloud = SimulatedCloud("lambda", clock=clock, seed=3, capabilities=LAMBDA_CAPS)
+    config = ReconcileConfig(terminate_backoff=1.0, terminate_backoff_cap=1.0)
+    with EmulatorServer(LambdaDialect(cloud), api_key=KEY) as server:
+        adapter = LambdaCloudAdapter(KEY, base_url=server.url, clock=clock, rate_limits={},
+                                     retry=RetryPolicy(attempts=3, initial=0.01))
+        try:
+            fleet = Fleet(store, [adapter], clock=clock, actor="test")
+            ids = _lambda_rows(fleet, cloud, server, 250, clock)
+            server.inject(HttpFault("error", times=10**6, path_contains="terminate",
+                                    status=403, code="global/account-inactive"))
+            ended = fleet._terminate_outcomes([(i, "done") for i in ids])
+            assert server.counts[TERMINATE] == 2
+            assert sum(server.counts.values()) == 2
+            assert "not sent" not in (fleet.get(ids[0]).last_error or "")
+            _assert_refused(fleet, ids, "global/account-inactive")
+            assert all(isinstance(e.error, AuthError) for e in ended.values())
+
+            server.clear_faults()
+            server.inject(HttpFault("401", times=10**6, path_contains="terminate"))
+            server.counts.clear()
+            clock.advance(5)
+            Reconciler(fleet, config).run_once()
+            assert server.counts == {"GET /api/v1/instances": 1, TERMINATE: 2}
+            _assert_refused(fleet, ids, "global/invalid-api-key")
+
+            server.clear_faults()
+            server.counts.clear()
+            clock.advance(5)
+            report = Reconciler(fleet, config).run_once()
+            assert report.ok, report.problems
+            assert server.counts[TERMINATE] == 3
+            assert {(fleet.get(i).state, fleet.get(i).last_raw_status) for i in ids} == {
+                (S.TERMINATING, "terminating")}
+        finally:
+            adapter.close()
+
+
+def _assert_refused(fleet: Fleet, ids: list[str], code: str) -> None:
+    """Every row TERMINATING, its last error the refusal: one row's its own (the one
+    request sent alone), every other row's marked unsent and naming that row's id."""
+    rows = [fleet.get(i) for i in ids]
+    assert {r.state for r in rows} == {S.TERMINATING}
+    errors = [r.last_error or "" for r in rows]
+    assert all(e.startswith("AuthError: lambda: ") and f"[{code}]" in e for e in errors)
+    sent = [r for r, e in zip(rows, errors, strict=True) if "not sent" not in e]
+    assert len(sent) == 1
+    unsent = [e for e in errors if f"(not sent: the same account-wide error refused "
+              f"{sent[0].provider_instance_id})" in e]
+    assert len(unsent) == len(ids) - 1

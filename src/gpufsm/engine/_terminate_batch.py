@@ -16,6 +16,16 @@ not-found for one unknown id), is sent and looked at one by one, exactly as with
 capability, so one bad id never holds back the others and every row's history and
 ``last_error`` are what the one-by-one path leaves.
 
+Except when a single call of that fallback is refused for the account rather than for
+its instance (``AuthError``: a revoked key, an inactive account; ``InsufficientCredit``;
+``QuotaExceeded``): every other call of the pass to that provider would be refused the
+same way, so none is sent, neither the rest of the chunk nor the provider's later chunks
+(a 250-row pass with a revoked key makes 2 requests, not 250). Each row left unsent gets
+the same error, marked "not sent", through the single path's own error note, and stays
+TERMINATING for the next pass to re-issue; nothing is ever concluded gone from it. A
+not-found, an error about the instance (``InvalidRequest``) and a temporary error stop
+nothing: they are about one id, or have their own retry rules.
+
 Only the plain case is batched: a row with a provider id, not yet TERMINATED, whose lock
 is free and whose version has not moved. Everything else is left out of the answer, and
 the caller sends it through ``terminate``, which handles it one by one as before.
@@ -35,7 +45,14 @@ from gpufsm.engine._context import Engine
 from gpufsm.engine._decide import row_after
 from gpufsm.engine._locks import Held
 from gpufsm.engine._observe import observe_one
-from gpufsm.errors import GpufsmError, ProviderError
+from gpufsm.errors import (
+    AuthError,
+    GpufsmError,
+    InsufficientCredit,
+    PermanentProviderError,
+    ProviderError,
+    QuotaExceeded,
+)
 from gpufsm.machines import Event, InstanceState
 from gpufsm.notify import TransitionEvent
 from gpufsm.store import InstanceRecord, Move, RowWrite
@@ -46,13 +63,19 @@ log = logging.getLogger("gpufsm.fleet")
 
 S = InstanceState
 
+#: Refusals about the account or its key, never about the one instance asked for: once
+#: a call meets one, the provider's other calls of the pass would too.
+_ACCOUNT_WIDE: tuple[type[PermanentProviderError], ...] = (
+    AuthError, InsufficientCredit, QuotaExceeded)
+
 
 @dataclass(frozen=True, slots=True)
 class Ended:
     """One batched terminate: the row after it, the moves committed for it (the
     terminate, then what the look applied; when the look went through the single path
     its moves are not listed, and ``after.version`` says so), and the provider's error
-    if the call failed (the row then stays TERMINATING, for the next pass)."""
+    if the call failed, or was not sent after an account-wide refusal (the row then
+    stays TERMINATING, for the next pass)."""
 
     after: InstanceRecord
     moves: tuple[Move, ...]
@@ -130,16 +153,37 @@ def _send(engine: Engine, committed: list[tuple[InstanceRecord, Move]]) -> list[
         adapter = engine._adapter(provider)
         if not isinstance(adapter, BatchTerminate):
             called.extend((r, m, _call(engine, r), None) for r, m in rows)
-            continue
-        for chunk in _chunks(rows, max(1, adapter.terminate_batch_max)):
-            answered = _terminate_many(adapter, provider, chunk)
-            for record, move in chunk:
-                assert record.provider_instance_id is not None
-                seen = answered.get(record.provider_instance_id)
-                if seen is not None:
-                    called.append((record, move, None, Observation.present(seen)))
-                else:  # not in the answer, or the call raised: one by one
-                    called.append((record, move, _call(engine, record), None))
+        else:
+            called.extend(_send_batched(engine, adapter, provider, rows))
+    return called
+
+
+def _send_batched(engine: Engine, adapter: BatchTerminate, provider: str,
+                  rows: list[tuple[InstanceRecord, Move]]) -> list[_Called]:
+    """One provider's rows in chunks; a row the answer leaves out, or of a chunk whose
+    call raised, sent alone, until a single call is refused for the whole account: from
+    then on nothing more is sent to this provider in this pass (see the module doc)."""
+    called: list[_Called] = []
+    refused: tuple[PermanentProviderError, str] | None = None  # the error, and its id
+    for chunk in _chunks(rows, max(1, adapter.terminate_batch_max)):
+        answered: Mapping[str, ProviderInstance] = (
+            {} if refused is not None else _terminate_many(adapter, provider, chunk))
+        for record, move in chunk:
+            pid = record.provider_instance_id
+            assert pid is not None
+            seen = answered.get(pid)
+            if seen is not None:
+                called.append((record, move, None, Observation.present(seen)))
+            elif refused is not None:
+                called.append((record, move, _not_sent(engine, record, *refused), None))
+            else:  # not in the answer, or the call raised: one by one
+                error = _call(engine, record)
+                if isinstance(error, _ACCOUNT_WIDE):
+                    refused = (error, pid)
+                    log.warning("terminating on %s stopped for this pass: %s refused %s "
+                                "for the whole account (%s)", provider,
+                                type(error).__name__, pid, error)
+                called.append((record, move, error, None))
     return called
 
 
@@ -178,6 +222,18 @@ def _call(engine: Engine, record: InstanceRecord) -> ProviderError | None:
     except ProviderError as exc:
         return exc
     return None
+
+
+def _not_sent(engine: Engine, record: InstanceRecord, error: PermanentProviderError,
+              refused_pid: str) -> ProviderError:
+    """The account-wide ``error`` as this unsent row's own: the same class (a caller
+    reacts to ``InsufficientCredit`` by class), code and request, noted on the row as
+    the single path notes a failed call, so its ``last_error`` names the error."""
+    mine = type(error)(f"{error.message} (not sent: the same account-wide error "
+                       f"refused {refused_pid})", provider=error.provider, code=error.code,
+                       status_code=error.status_code, request_id=error.request_id)
+    engine._note_error(record, mine)
+    return mine
 
 
 def _looked_at(engine: Engine, called: list[_Called]) -> dict[str, Ended]:
