@@ -438,7 +438,7 @@ def test_main_keeps_provider_codes_in_its_error_line(monkeypatch: pytest.MonkeyP
     from gpufsm.cli import _app
     from gpufsm.errors import AuthError
 
-    def refused() -> None:
+    def refused(**_: object) -> None:  # main() passes typer its options
         raise AuthError("API key was invalid", provider="lambda", code="global/invalid-api-key")
 
     monkeypatch.setattr(_app, "app", refused)

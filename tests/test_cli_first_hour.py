@@ -135,7 +135,7 @@ def test_the_real_binary_exits_2_with_one_line_for_a_bad_variable(tmp_path: Path
 
 def test_main_turns_a_usage_error_into_exit_2(monkeypatch: pytest.MonkeyPatch,
                                               capsys: pytest.CaptureFixture[str]) -> None:
-    def refused() -> None:
+    def refused(**_: object) -> None:  # main() passes typer its options
         raise ValidationError("GPUFSM_X", "must be better")
 
     monkeypatch.setattr(_app, "app", refused)

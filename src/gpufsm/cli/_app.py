@@ -534,13 +534,33 @@ def run(
 
 
 def main() -> None:
-    """Entry point: library errors become one red line, not a trace; exit status 2 for
-    bad input (a flag, a variable), 1 for anything else."""
+    """Entry point: every error is one red line, not a trace or a boxed usage message;
+    exit status 2 for bad input (an option, an argument, a variable), 1 for anything
+    else, 130 when interrupted; a command's own ``typer.Exit`` status passes through.
+
+    ``standalone_mode=False`` makes typer raise its usage errors instead of printing them
+    its way. They come from typer's vendored click, whose public base is
+    ``typer.TyperException``: ``click.UsageError`` would not catch them."""
     from gpufsm.cli._common import exit_code_for
+    from gpufsm.cli._usage import usage_line
 
     try:
-        app()
+        code = app(prog_name="gpufsm", standalone_mode=False)
     except GpufsmError as exc:
         err.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True, highlight=False)
         sys.exit(exit_code_for(exc))
-
+    except (typer.Abort, KeyboardInterrupt):
+        err.print("aborted", soft_wrap=True, highlight=False)
+        sys.exit(130)
+    except typer.TyperException as exc:
+        if type(exc).__name__ == "NoArgsIsHelpError":
+            # the help is printed (to stdout, by typer's rich formatter) as the error is
+            # made, as in standalone mode; exit 2 as before. Without rich it is the message.
+            if text := exc.format_message():
+                sys.stderr.write(text + "\n")
+        else:
+            err.print(f"[red]error:[/red] {escape(usage_line(exc))}", soft_wrap=True,
+                      highlight=False)
+        sys.exit(exc.exit_code)
+    # the status of a typer.Exit; None (a command that returned) is success
+    sys.exit(code if isinstance(code, int) else 0)
