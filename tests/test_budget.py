@@ -304,3 +304,24 @@ def test_the_reconciler_counts_a_finished_machine_and_ends_the_newest(
     assert ended == [new.id, old.id]  # newest first
     assert "policy spend_budget_day: acted on 2/2" in report.notes
     assert (fleet.history(new.id)[-1].reason or "").startswith("policy spend_budget_day: spent")
+
+
+def test_a_price_rise_counts_from_when_it_was_seen_not_over_the_whole_life(
+        store: SqlInstanceStore) -> None:
+    """A spot price quadrupling late in a machine's life: spend is about $1.50 + $0.50,
+    under a $4 cap; priced at the last price over its whole life it would be ~$6.50."""
+    clock = FakeClock(DAY)
+    cloud = SimulatedCloud("sim", clock=clock, seed=1)
+    fleet = Fleet(store, [cloud], clock=clock)
+    rec = fleet.launch({"provider": "sim", "instance_type": "gpu_1x_a10"})  # $0.75/h
+    fleet.wait_for(rec.id, S.RUNNING, timeout=900)
+    clock.advance(2 * HOUR)
+    pid = fleet.get(rec.id).provider_instance_id
+    assert pid is not None
+    cloud.reprice(pid, 3.0)
+    Reconciler(fleet).run_once()  # sees the new price
+    assert fleet.get(rec.id).price_per_hour == 3.0
+    clock.advance(HOUR / 6)
+    report = Reconciler(fleet, policies=[spend_budget(4.0, "day", alert_at=0.99)]).run_once()
+    assert report.problems_of("alert") == []
+    assert fleet.get(rec.id).state is S.RUNNING

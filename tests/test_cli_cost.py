@@ -132,7 +132,7 @@ def test_the_table_shows_whole_ids_group_totals_burn_and_the_price_note(
     assert "provider sim" in result.output
     assert f"burning ${p_eval:,.2f}/h now (1 billing)" in flat
     assert "over 2 instances" in flat
-    assert "keeps no price history" in flat
+    assert "a price change counts from the reconcile pass that saw it" in " ".join(flat.split())
     assert "estimates" not in flat
 
 
@@ -202,3 +202,27 @@ def test_a_missing_database_file_is_refused_not_created(tmp_path: Path,
     assert result.exit_code == 1
     assert "no database" in result.output
     assert not path.exists()
+
+
+def test_a_price_change_is_charged_from_the_pass_that_saw_it(world: World,
+                                                            cloud: SimulatedCloud) -> None:
+    """A spot price moving mid-life: the hours before the change are charged at the old
+    price, not the whole life at the new one (the row keeps only the latest)."""
+    spot = launch(world, "spot")
+    settle(world, HOUR, spot)  # accepted at 0, RUNNING seen at 1 h
+    old = world.store.get(spot).price_per_hour
+    assert old
+    pid = world.store.get(spot).provider_instance_id
+    assert pid is not None
+    cloud.reprice(pid, old * 2)
+    settle(world, HOUR, spot)  # the new price seen at 2 h
+    settle(world, HOUR, spot)  # now: 3 h
+    assert world.store.get(spot).price_per_hour == old * 2
+    data = world.cost_json()
+    assert data["total"] == pytest.approx(2 * old + 1 * old * 2, abs=1e-6)
+    assert data["burn_per_hour"] == pytest.approx(old * 2)
+    (row,) = data["instances"]  # type: ignore[misc]
+    assert [(i["state"], i["hours"], i["rate"]) for i in row["intervals"]] == [
+        ("CREATED", pytest.approx(1), old), ("RUNNING", pytest.approx(1), old),
+        ("RUNNING", pytest.approx(1), old * 2)]
+    assert data["estimates"] == []

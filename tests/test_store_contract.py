@@ -191,6 +191,20 @@ def test_migrations_are_idempotent_and_at_head(store: SqlInstanceStore, store_ur
         again.close()
 
 
+def test_the_models_match_the_migrations(store: SqlInstanceStore) -> None:
+    """The tables the code reads (``_models``) are the tables the migrations made: a
+    column or index added to one and not the other is caught here, not in production."""
+    from alembic.autogenerate import compare_metadata
+    from alembic.runtime.migration import MigrationContext
+
+    from gpufsm.store._models import Base
+
+    with store.engine.connect() as conn:
+        context = MigrationContext.configure(
+            conn, opts={"version_table": "gpufsm_alembic_version"})
+        assert compare_metadata(context, Base.metadata) == []
+
+
 def test_unmigrated_database_is_refused_unless_asked(store_url: str) -> None:
     with pytest.raises(StoreError, match="gpufsm db upgrade"):
         SqlInstanceStore(store_url, migrate=False)

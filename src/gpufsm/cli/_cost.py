@@ -32,8 +32,8 @@ __all__ = ["CLOCK", "PRICE_CAVEAT", "cost_json", "parse_by", "parse_since", "sho
 CLOCK: Clock = SystemClock()
 
 #: Said under every report that prices a machine: what the rate is and its one limit.
-PRICE_CAVEAT = ("rates are the last price each provider reported, applied to the machine's "
-                "whole life: gpufsm keeps no price history yet (docs/cost.md)")
+PRICE_CAVEAT = ("rates are the prices each provider reported; a price change counts from "
+                "the reconcile pass that saw it (docs/cost.md)")
 
 
 class _UsageError(ValueError):
@@ -77,8 +77,7 @@ def _report(*, database_url: str | None, since: datetime | None, by: GroupBy,
     now = CLOCK.now()
     with open_store(database_url, existing=True) as store:
         records = store.list()
-        histories = store.history_many([r.id for r in records]) if records else {}
-    ledger = Ledger.of(records, histories, now=now, since=since)
+        ledger = Ledger.read(store, records, now=now, since=since)
     if as_json:
         sys.stdout.write(json.dumps(cost_json(ledger, by), indent=2) + "\n")
         return EXIT_OK

@@ -178,8 +178,7 @@ def list_instances(*, database_url: str | None, provider: str | None, as_json: b
                 consequence=f"not checked (shown as '{UNKNOWN}')" if remote
                 else "not refreshed")
         records = store.list(provider=provider)
-        ledger = Ledger.of(records, store.history_many(r.id for r in records),
-                           now=datetime.now(UTC))
+        ledger = Ledger.read(store, records, now=datetime.now(UTC))
     view = _View(show_all, wide, listings)
     if remote:
         _print_remote(merge_remote(records, listings), ledger, view, as_json=as_json)

@@ -447,11 +447,10 @@ def _spent(fleet: Fleet, run_id: str) -> Ledger | None:
     generation's and every placement attempt's. None if the database cannot say (the
     run's own outcome matters more than its bill)."""
     try:
-        rows = fleet.store.generations(run_id)
-        histories = fleet.store.history_many(r.id for r in rows)
+        return Ledger.read(fleet.store, fleet.store.generations(run_id),
+                           now=fleet.clock.now())
     except GpufsmError:
         return None
-    return Ledger.of(rows, histories, now=fleet.clock.now())
 
 
 def _job(fleet: Fleet, record: InstanceRecord, provider: str, options: RunOptions

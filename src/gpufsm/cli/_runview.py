@@ -26,7 +26,8 @@ __all__ = ["show_run"]
 def show_run(store: SqlInstanceStore, run_id: str, *, as_json: bool) -> int:
     rows = store.generations(run_id)
     histories = store.history_many(r.id for r in rows)
-    ledger = Ledger.of(rows, histories, now=_cost.CLOCK.now())
+    ledger = Ledger.of(rows, histories, now=_cost.CLOCK.now(),
+                       prices=store.price_points(r.id for r in rows))
     costs = {row.record.id: row.cost for row in ledger.rows}
     ends = [(row, _end(histories.get(row.id, ()))) for row in rows]
     if as_json:

@@ -11,6 +11,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 
 from gpufsm.machines import InstanceState
+from gpufsm.store import PricePoint  # the store records them; the ledger reads them
 
 __all__ = ["BillingInterval", "PricePoint", "RateBasis"]
 
@@ -23,19 +24,6 @@ class RateBasis(enum.StrEnum):
     PRICE = "price"  # the machine itself: its $/h as the provider reported it
     STORAGE = "storage"  # the disk a stopped machine keeps
     UNCONFIRMED = "unconfirmed"  # a launch the provider has not confirmed: $0, may bill
-
-
-@dataclass(frozen=True, slots=True)
-class PricePoint:
-    """The machine's price as seen at ``at``: it holds until the next point.
-
-    The store keeps only the latest price on the row today; a caller that has more
-    (a price column in a future history) passes the points and the ledger splits the
-    intervals at them.
-    """
-
-    at: datetime
-    per_hour: float
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,15 +25,15 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Protocol, runtime_checkable
+from typing import NamedTuple, Protocol, runtime_checkable
 
 from gpufsm.errors import ValidationError
 from gpufsm.ledger import Ledger
 from gpufsm.reconcile._policy import Action, Snapshot
-from gpufsm.store import InstanceRecord, InstanceRows, TransitionRecord
+from gpufsm.store import InstanceRecord, InstanceRows, PricePoint, TransitionRecord
 
-__all__ = ["WINDOWS", "SpendBudget", "SpendPolicy", "read_spend", "run_key", "spend_budget",
-           "window_start"]
+__all__ = ["WINDOWS", "Spend", "SpendBudget", "SpendPolicy", "read_spend", "run_key",
+           "spend_budget", "window_start"]
 
 #: The windows a budget counts over; docs/cost.md says what each one is.
 WINDOWS = ("day", "month", "run")
@@ -188,11 +188,19 @@ def spend_budget(cap: float, window: str, *, alert_at: float = 0.8) -> SpendBudg
     return SpendBudget(float(cap), window, float(alert_at))
 
 
+class Spend(NamedTuple):
+    """What spend is counted from: rows, their histories, their price points."""
+
+    rows: tuple[InstanceRecord, ...]
+    histories: Mapping[str, Sequence[TransitionRecord]]
+    prices: Mapping[str, Sequence[PricePoint]]
+
+
 def read_spend(store: InstanceRows, policies: Iterable[object],
                watched: Sequence[InstanceRecord], now: datetime
-               ) -> tuple[tuple[InstanceRecord, ...], Mapping[str, Sequence[TransitionRecord]]]:
-    """The rows and histories spend policies count from: ``((), {})`` when no policy
-    has ``spend_since``, so a pass without one reads nothing more.
+               ) -> Spend:
+    """The rows, histories and price points spend policies count from: all empty when
+    no policy has ``spend_since``, so a pass without one reads nothing more.
 
     A dated window reads every row that may have billed since the earliest window's
     start (every daemon's: spend is the account's); a ``run`` window (None) every row
@@ -200,7 +208,7 @@ def read_spend(store: InstanceRows, policies: Iterable[object],
     """
     sinces = [p.spend_since(now) for p in policies if isinstance(p, SpendPolicy)]
     if not sinces:
-        return (), {}
+        return Spend((), {}, {})
     rows: dict[str, InstanceRecord] = {}
     dated: list[datetime] = [s for s in sinces if isinstance(s, datetime)]
     if dated:
@@ -213,4 +221,6 @@ def read_spend(store: InstanceRows, policies: Iterable[object],
         for r in watched:
             rows.setdefault(r.id, r)
     spent = tuple(sorted(rows.values(), key=lambda r: (r.created_at, r.id)))
-    return spent, store.history_many(rows) if rows else {}
+    if not rows:
+        return Spend(spent, {}, {})
+    return Spend(spent, store.history_many(rows), store.price_points(rows))

@@ -13,7 +13,7 @@ from datetime import datetime
 
 from gpufsm.ledger import Ledger
 from gpufsm.machines import InstanceState
-from gpufsm.store import InstanceRecord, TransitionRecord
+from gpufsm.store import InstanceRecord, PricePoint, TransitionRecord
 
 __all__ = [
     "Action",
@@ -34,8 +34,9 @@ class Snapshot:
     """What a policy may look at: the instances, the clock, and provider alarms.
 
     ``instances`` are the rows the policy may act on (with leases, this daemon's own).
-    ``spent`` and ``histories`` are what spend is counted from: every row that may have
-    billed inside the spend policies' windows, every daemon's, with their histories.
+    ``spent``, ``histories`` and ``prices`` are what spend is counted from: every row that
+    may have billed inside the spend policies' windows, every daemon's, with their
+    histories and price points.
     The reconciler reads them only when a policy asks (a ``SpendPolicy``), because
     histories of a whole fleet are not free; otherwise they are empty.
     """
@@ -45,6 +46,7 @@ class Snapshot:
     credit_exhausted: frozenset[str] = frozenset()
     spent: tuple[InstanceRecord, ...] = ()
     histories: Mapping[str, Sequence[TransitionRecord]] = field(default_factory=dict)
+    prices: Mapping[str, Sequence[PricePoint]] = field(default_factory=dict)
 
     def billing(self) -> list[InstanceRecord]:
         """Instances that may be costing GPU money right now."""
@@ -59,7 +61,8 @@ class Snapshot:
             counted = {r.id: r for r in self.instances}
             counted.update((r.id, r) for r in self.spent)
             rows = counted.values()
-        return Ledger.of(rows, self.histories, now=self.now, since=since)
+        return Ledger.of(rows, self.histories, now=self.now, since=since,
+                         prices=self.prices)
 
 
 @dataclass(frozen=True, slots=True)

@@ -34,13 +34,14 @@ def run_policies(policies: Sequence[Policy], fleet: Fleet, watched: Sequence[Ins
     report's notes."""
     now = fleet.clock.now()
     # Spend is the account's (every daemon's rows), read only for a policy that asks.
-    spent, histories = read_spend(fleet.store, policies, watched, now)
+    spend = read_spend(fleet.store, policies, watched, now)
     snapshot = Snapshot(
         now=now,
         instances=tuple(watched),
         credit_exhausted=frozenset(credit_exhausted),
-        spent=spent,
-        histories=histories,
+        spent=spend.rows,
+        histories=spend.histories,
+        prices=spend.prices,
     )
     actions: list[Action] = []
     for policy in policies:

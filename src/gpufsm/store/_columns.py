@@ -17,7 +17,7 @@ from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.types import NullType
 
 from gpufsm.machines import EdgeKind, Event, InstanceState
-from gpufsm.store._models import DriftRow, InstanceRow, OutboxRow, TransitionRow
+from gpufsm.store._models import DriftRow, InstanceRow, OutboxRow, PriceRow, TransitionRow
 from gpufsm.store._records import (
     MUTABLE_FIELDS,
     DriftRecord,
@@ -29,9 +29,9 @@ from gpufsm.store._records import (
 )
 
 __all__ = [
-    "DRIFTS", "HISTORY", "ID_CHUNK", "INSTANCES", "OUTBOX", "RECORD_SELECT", "TRACKED_SELECT",
-    "aware", "checked", "chunks", "column_values", "drift_record", "history_row",
-    "outbox_message", "outbox_rows", "record_reader", "to_row", "tracked_reader",
+    "DRIFTS", "HISTORY", "ID_CHUNK", "INSTANCES", "OUTBOX", "PRICES", "RECORD_SELECT",
+    "TRACKED_SELECT", "aware", "checked", "chunks", "column_values", "dollars", "drift_record",
+    "history_row", "outbox_message", "outbox_rows", "record_reader", "to_row", "tracked_reader",
     "transition_record", "update_params",
 ]
 
@@ -39,6 +39,7 @@ INSTANCES = cast(Table, InstanceRow.__table__)
 HISTORY = cast(Table, TransitionRow.__table__)
 DRIFTS = cast(Table, DriftRow.__table__)
 OUTBOX = cast(Table, OutboxRow.__table__)
+PRICES = cast(Table, PriceRow.__table__)
 
 #: One statement's worth of ids: well under SQLite's and PostgreSQL's parameter limits.
 ID_CHUNK = 1000
@@ -57,7 +58,7 @@ def _micros(price: float | None) -> int | None:
     return None if price is None else round(price * _MICROS)
 
 
-def _dollars(micros: int | None) -> float | None:
+def dollars(micros: int | None) -> float | None:
     """The stored millionths → the float nearest to the exact price (350000 → 0.35)."""
     return None if micros is None else micros / _MICROS
 
@@ -135,7 +136,7 @@ def _record_conversions(sqlite: bool) -> dict[str, Callable[[Any], Any]]:
     conversions: dict[str, Callable[[Any], Any]] = {
         "state": _state, "previous_state": _state_or_none, "entered_by": _event,
         "billable": bool, "spec": _json_value, "health": _json_value,
-        "price_per_hour": _dollars, "missing_count": lambda v: v or 0,
+        "price_per_hour": dollars, "missing_count": lambda v: v or 0,
     }
     conversions.update(dict.fromkeys(_STAMPS, stamp))
     return conversions

@@ -22,7 +22,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 __all__ = ["Base", "BlockedOfferRow", "DriftRow", "InstanceRow", "OutboxRow", "PlacementRow",
-           "TransitionRow", "UtcDateTime"]
+           "PriceRow", "TransitionRow", "UtcDateTime"]
 
 
 class UtcDateTime(TypeDecorator[datetime]):
@@ -138,6 +138,24 @@ class DriftRow(Base):
     actor: Mapped[str] = mapped_column(String(128))
     raw_status: Mapped[str | None] = mapped_column(String(64))
     reason: Mapped[str | None] = mapped_column(Text)
+    at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+
+class PriceRow(Base):
+    """A price the provider reported for an instance, holding from ``at`` on (0009).
+
+    Written when a row's price first becomes known (dated from the row's creation: the
+    first price seen is taken as the price the machine was launched at) and whenever it
+    changes (dated when the change was seen), so the ledger prices each stretch of a
+    machine's life at what it cost then, not its whole life at its last price.
+    """
+
+    __tablename__ = "gpufsm_prices"
+    __table_args__ = (Index("ix_prices_instance", "instance_id", "seq"),)
+
+    seq: Mapped[int] = mapped_column(_SEQ, primary_key=True, autoincrement=True)
+    instance_id: Mapped[str] = mapped_column(ForeignKey("gpufsm_instances.id"))
+    price_micros_per_hour: Mapped[int] = mapped_column(BigInteger)
     at: Mapped[datetime] = mapped_column(UtcDateTime)
 
 

@@ -22,6 +22,7 @@ from gpufsm.store._records import (
     OutboxMessage,
     PlacementRecord,
     PlacementState,
+    PricePoint,
     RowWrite,
     SurplusRow,
     TrackedInstance,
@@ -45,7 +46,8 @@ class InstanceRows(Protocol):
     returns the slim TrackedInstance view of the rows ``list`` returns; ``find_tracked``
     is ``find`` for many tags and provider ids at once; ``history_many`` is ``history``
     for many rows (id → its history, oldest first), and ``get_many`` is ``get`` for
-    many rows (id → record; missing ids left out).
+    many rows (id → record; missing ids left out); ``price_points`` is each row's
+    prices as they changed (id → points, oldest first), which the ledger prices by.
 
     For spend budgets: ``rows_since`` is every row that may have billed at or after a
     time (not finished, or finished since), and ``rows_of_runs`` every row of some
@@ -66,6 +68,9 @@ class InstanceRows(Protocol):
 
     def update(self, instance_id: str, *, expected_version: int, at: datetime,
                changes: Mapping[str, Any]) -> InstanceRecord: ...
+
+    def price_points(self, instance_ids: Iterable[str]) -> Mapping[str, Sequence[PricePoint]]:
+        ...
 
     def record_drift(self, instance_id: str, *, state: InstanceState, event: Event,
                      actor: str, at: datetime, raw_status: str | None = None,

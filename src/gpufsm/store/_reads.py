@@ -16,16 +16,24 @@ from gpufsm.store._base import SqlBase
 from gpufsm.store._columns import DRIFTS as _D
 from gpufsm.store._columns import HISTORY as _T
 from gpufsm.store._columns import INSTANCES as _I
+from gpufsm.store._columns import PRICES as _P
 from gpufsm.store._columns import (
     RECORD_SELECT,
     TRACKED_SELECT,
     aware,
     chunks,
+    dollars,
     drift_record,
     transition_record,
 )
 from gpufsm.store._engine import gc_paused
-from gpufsm.store._records import DriftRecord, InstanceRecord, TrackedInstance, TransitionRecord
+from gpufsm.store._records import (
+    DriftRecord,
+    InstanceRecord,
+    PricePoint,
+    TrackedInstance,
+    TransitionRecord,
+)
 
 __all__ = ["RowReads"]
 
@@ -201,6 +209,19 @@ class RowReads(SqlBase):
                 for r in rows:
                     found[r.instance_id].append(transition_record(r))
         return found
+
+    def price_points(self, instance_ids: Iterable[str]) -> dict[str, Sequence[PricePoint]]:
+        """Each row's prices as they changed, oldest first (``_prices`` says when points
+        are written); the ledger splits billing at them. Every id asked for is a key."""
+        wanted = sorted(set(instance_ids))
+        found: dict[str, list[PricePoint]] = {i: [] for i in wanted}
+        with self._tx() as conn:
+            for chunk in chunks(wanted, columns.ID_CHUNK):
+                query = (select(_P.c.instance_id, _P.c.price_micros_per_hour, _P.c.at)
+                         .where(_P.c.instance_id.in_(chunk)).order_by(_P.c.seq))
+                for instance_id, micros, at in conn.execute(query):
+                    found[instance_id].append(PricePoint(at, dollars(micros) or 0.0))
+        return dict(found)
 
     def drift(self, instance_id: str) -> Sequence[DriftRecord]:
         with self._tx() as conn:

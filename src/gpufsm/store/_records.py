@@ -22,7 +22,7 @@ from gpufsm.machines import EdgeKind, Event, InstanceState
 
 __all__ = ["MUTABLE_FIELDS", "BatchOutcome", "BlockedOffer", "DriftNote", "DriftRecord",
            "InstanceRecord", "Move", "OutboxMessage", "PlacementRecord", "PlacementState",
-           "RowWrite", "SurplusRow", "TrackedInstance", "TransitionRecord"]
+           "PricePoint", "RowWrite", "SurplusRow", "TrackedInstance", "TransitionRecord"]
 
 #: Columns a write may change besides state and version. Anything else is a bug.
 MUTABLE_FIELDS = frozenset({
@@ -76,6 +76,17 @@ class InstanceRecord:
 
     def with_changes(self, **changes: Any) -> InstanceRecord:
         return replace(self, **changes)
+
+
+@dataclass(frozen=True, slots=True)
+class PricePoint:
+    """A machine's price as its provider reported it, holding from ``at`` until the next
+    point. The store records one when a row's price first becomes known (dated from the
+    row's creation) and one whenever it changes (dated when the change was seen); the
+    ledger splits a machine's billing at them."""
+
+    at: datetime
+    per_hour: float
 
 
 @dataclass(frozen=True, slots=True)

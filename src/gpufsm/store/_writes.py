@@ -21,6 +21,7 @@ from sqlalchemy import Connection, Row, insert, select
 from gpufsm.errors import InstanceNotFound, VersionConflict
 from gpufsm.machines import EdgeKind, Event, InstanceState
 from gpufsm.store import _columns as columns
+from gpufsm.store import _prices as prices
 from gpufsm.store._base import SqlBase
 from gpufsm.store._columns import DRIFTS as _D
 from gpufsm.store._columns import HISTORY as _T
@@ -51,6 +52,11 @@ log = logging.getLogger("gpufsm.store")
 #: How often a batch is re-run when a concurrent writer slipped into it (SQLite reads
 #: before it takes the write lock) before each row is written on its own.
 _BATCH_ATTEMPTS = 3
+
+
+#: A row as a batch reads it first: version, state, price (millionths), created_at.
+_Position = tuple[int, str, int | None, datetime]
+_ABSENT: tuple[None, None] = (None, None)
 
 
 class _Raced(Exception):
@@ -92,7 +98,10 @@ class RowWrites(SqlBase):
         aware(record.created_at, record.updated_at, record.state_entered_at)
         at = record.created_at
         with self._tx() as conn:
-            conn.execute(insert(_I).values(to_row(record)))
+            values = to_row(record)
+            conn.execute(insert(_I).values(values))
+            prices.record(conn, prices.points(prices.final_prices(record.id, [values]),
+                                              {record.id: (None, at)}, at))
             conn.execute(insert(_T).values(
                 instance_id=record.id, from_state=None, to_state=record.state.value,
                 event=Event.LAUNCH.value, kind=EdgeKind.COMMAND.value, actor=actor,
@@ -124,6 +133,7 @@ class RowWrites(SqlBase):
 
     def _moved(self, conn: Connection, move: Move, actor: str, at: datetime) -> Row[Any]:
         values = column_values(move.written(at))
+        new_price = _price_points(conn, move.instance_id, values, at)
         row = conn.execute(
             self._update_stmt(frozenset(values), checks_state=True, returning=True),
             update_params(move, values)).first()
@@ -132,6 +142,7 @@ class RowWrites(SqlBase):
         conn.execute(insert(_T), history_row(move, actor, at))
         if move.outbox:
             conn.execute(insert(_O), outbox_rows(move, at))
+        prices.record(conn, new_price)
         assert row is not None
         return row
 
@@ -172,8 +183,12 @@ class RowWrites(SqlBase):
                ) -> BatchOutcome:
         with self._tx() as conn:
             current = self._positions(conn, [p.write.instance_id for p in prepared])
-            go = [p for p in prepared if current.get(p.write.instance_id)
+            go = [p for p in prepared if current.get(p.write.instance_id, _ABSENT)[:2]
                   == (p.write.expected_version, p.write.state.value)]
+            wanted: dict[str, int] = {}
+            for p in go:
+                wanted.update(prices.final_prices(p.write.instance_id, [*p.moves, p.facts or {}]))
+            new_prices = prices.points(wanted, {i: current[i][2:] for i in wanted}, at)
             for round_ in range(max((len(p.moves) for p in go), default=0)):
                 self._update_grouped(conn, [
                     (p.moves[round_], update_params(p.write.moves[round_], p.moves[round_]))
@@ -189,6 +204,7 @@ class RowWrites(SqlBase):
                 conn.execute(insert(_D), drifts)
             self._update_grouped(conn, [(p.facts, _facts_params(p)) for p in go
                                         if p.facts is not None], checks_state=False)
+            prices.record(conn, new_prices)
         taken = {p.write.instance_id for p in go}
         return BatchOutcome({p.write.instance_id: p.write.final_version for p in go},
                             tuple(p.write.instance_id for p in prepared
@@ -206,16 +222,19 @@ class RowWrites(SqlBase):
             if conn.execute(stmt, batch).rowcount != len(batch):
                 raise _Raced  # rolls the whole batch back
 
-    def _positions(self, conn: Connection, ids: Sequence[str]) -> dict[str, tuple[int, str]]:
-        """id → (version, state) of these rows; locked on PostgreSQL, in id order."""
-        found: dict[str, tuple[int, str]] = {}
+    def _positions(self, conn: Connection, ids: Sequence[str]) -> dict[str, _Position]:
+        """id → (version, state, price, created_at) of these rows; locked on PostgreSQL,
+        in id order. The price and creation time say whether a write changes the price
+        (``_prices``), read here so that costs no statement of its own."""
+        found: dict[str, _Position] = {}
         for chunk in chunks(sorted(ids), columns.ID_CHUNK):
-            query = select(_I.c.id, _I.c.version, _I.c.state).where(_I.c.id.in_(chunk))
+            query = select(_I.c.id, _I.c.version, _I.c.state, _I.c[prices.PRICE],
+                           _I.c.created_at).where(_I.c.id.in_(chunk))
             if not self._sqlite:
                 # NO KEY UPDATE: the lock the UPDATE itself takes (the key never changes),
                 # so history inserts elsewhere that reference these rows are not blocked
                 query = query.order_by(_I.c.id).with_for_update(key_share=True)
-            found.update((r[0], (r[1], r[2])) for r in conn.execute(query))
+            found.update((r[0], (r[1], r[2], r[3], r[4])) for r in conn.execute(query))
         return found
 
     def _apply_one_by_one(self, prepared: Sequence[_Prepared], actor: str, at: datetime
@@ -246,11 +265,13 @@ class RowWrites(SqlBase):
         params = {f"v_{k}": v for k, v in values.items()}
         params.update(w_id=instance_id, w_version=expected_version)
         with self._tx() as conn:
+            new_price = _price_points(conn, instance_id, values, at)
             row = conn.execute(
                 self._update_stmt(frozenset(values), checks_state=False, returning=True),
                 params).first()
             if row is None:
                 _raise_missing_or_conflict(conn, instance_id, expected_version)
+            prices.record(conn, new_price)
         assert row is not None
         return self._record(row)
 
@@ -264,6 +285,17 @@ class RowWrites(SqlBase):
                 raw_status=raw_status, reason=reason, at=at,
             ).returning(_D.c.seq)).scalar_one()
         return DriftRecord(seq, instance_id, state, event, actor, at, raw_status, reason)
+
+
+def _price_points(conn: Connection, instance_id: str, values: Mapping[str, Any],
+                  at: datetime) -> list[dict[str, Any]]:
+    """The price point one row's write leaves, read before it writes (one SELECT, only
+    when the write sets a price)."""
+    wanted = prices.final_prices(instance_id, [values])
+    if not wanted:
+        return []
+    before = prices.read_before(conn, [instance_id])
+    return prices.points(wanted, before, at) if instance_id in before else []
 
 
 def _raise_missing_or_conflict(conn: Connection, instance_id: str, expected: int) -> None:

@@ -495,6 +495,13 @@ class SimulatedCloud:
         with self._lock:
             self._live(provider_instance_id).raw_override = raw_status
 
+    def reprice(self, provider_instance_id: str, per_hour: float) -> None:
+        """The provider charges ``per_hour`` from now on (a spot price moving, a
+        repricing): listings and GETs report it, and the ledger splits the machine's
+        cost where gpufsm saw the change."""
+        with self._lock:
+            self._live(provider_instance_id).price_per_hour = per_hour
+
     def spawn_untracked(self, tag: str | None, *, instance_type: str = "gpu_1x_a10",
                         name: str | None = None, region: str | None = None) -> str:
         """An instance that exists on the provider with no row of ours: a crash leftover
